@@ -1,0 +1,120 @@
+"""Reading, resizing and writing images.
+
+Images are float32 numpy arrays (H, W, 3), RGB in [0, 1]. Readers accept what
+a viewer would show: grayscale, palette, CMYK, 16-bit and alpha images are
+converted to RGB (alpha composited over white), EXIF orientation is applied.
+Writers are atomic: the output appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from nstjax.errors import NSTError
+
+MAX_PIXELS = 200_000_000   # refuse decompression bombs, as PIL does by default
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+  if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    a = np.asarray(im, dtype=np.float64)
+    hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+    a = np.clip(a / hi, 0.0, 1.0)
+    return np.repeat(a[..., None], 3, axis=-1).astype(np.float32)
+  if im.mode == "F":
+    a = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+    return np.repeat(a[..., None], 3, axis=-1)
+  if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+    rgba = im.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    im = Image.alpha_composite(background, rgba)
+  if im.mode in ("RGB;16", "RGBA;16"):   # pragma: no cover - rare decoders
+    im = im.convert("RGB")
+  im = im.convert("RGB")
+  return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def load_image(path) -> np.ndarray:
+  """Reads an image file as (H, W, 3) float32 RGB in [0, 1], as a viewer shows it."""
+  path = Path(path)
+  if not path.exists():
+    raise NSTError(f"image {path} does not exist")
+  if path.is_dir():
+    raise NSTError(f"image path {path} is a directory, not a file")
+  if path.stat().st_size == 0:
+    raise NSTError(f"image {path} is empty")
+  try:
+    with Image.open(path) as im:
+      if im.width * im.height > MAX_PIXELS:
+        raise NSTError(f"image {path} is {im.width}x{im.height}, more than {MAX_PIXELS} pixels")
+      im.load()
+      im = ImageOps.exif_transpose(im)
+      rgb = _to_rgb(im)
+  except UnidentifiedImageError:
+    raise NSTError(f"{path} is not an image file PIL can read") from None
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise NSTError(f"cannot read image {path}: {e}") from None
+  if rgb.shape[0] == 0 or rgb.shape[1] == 0:
+    raise NSTError(f"image {path} has no pixels")
+  return rgb
+
+
+def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes so the longer side is ``size`` pixels, keeping the aspect ratio (Lanczos)."""
+  h, w = image.shape[:2]
+  scale = size / max(h, w)
+  new = (max(1, round(w * scale)), max(1, round(h * scale)))
+  if new == (w, h):
+    return image.astype(np.float32)
+  channels = [Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(new, Image.LANCZOS)
+              for c in range(image.shape[-1])]
+  return np.clip(np.stack([np.asarray(c) for c in channels], -1), 0.0, 1.0).astype(np.float32)
+
+
+def to_uint8(image) -> np.ndarray:
+  return (np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def check_writable(path) -> Path:
+  """Raises NSTError unless an image can be written at ``path`` (checked before any compute)."""
+  path = Path(path)
+  if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
+    raise NSTError(f"output {path}: unsupported extension {path.suffix!r} "
+                   f"(use .png, .jpg, .webp, .tif or .bmp)")
+  if path.is_dir():
+    raise NSTError(f"output {path} is a directory")
+  parent = path.parent if str(path.parent) else Path(".")
+  if not parent.is_dir():
+    raise NSTError(f"output directory {parent} does not exist")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise NSTError(f"output directory {parent} is not writable")
+  if path.exists() and not os.access(path, os.W_OK):
+    raise NSTError(f"output {path} exists and is not writable")
+  return path
+
+
+def save_image(image, path, *, metadata: dict | None = None) -> Path:
+  """Writes ``image`` (H, W, 3) in [0, 1] atomically; PNGs carry ``metadata`` as text chunks."""
+  from nstjax.weights.format import atomic_path
+  path = Path(path)
+  pil = Image.fromarray(to_uint8(image), mode="RGB")
+  fmt = Image.registered_extensions().get(path.suffix.lower())
+  kwargs = {}
+  if fmt == "PNG" and metadata:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "nstjax")
+    info.add_text("nstjax", json.dumps(metadata, sort_keys=True, default=str))
+    kwargs["pnginfo"] = info
+  elif fmt == "JPEG":
+    kwargs.update(quality=95, subsampling=0)
+  try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
+      pil.save(tmp, format=fmt, **kwargs)
+  except OSError as e:
+    raise NSTError(f"cannot write {path}: {e}") from None
+  return path

@@ -1,0 +1,1 @@
+"""Obtaining and converting pretrained VGG weights (installed as ``nstjax.weights``)."""
