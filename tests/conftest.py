@@ -4,6 +4,8 @@ import os
 import sys
 from pathlib import Path
 
+collect_ignore = ["data"]   # scripts that regenerate fixtures, not tests
+
 # The PyTorch peer (../shared/peer) sits beside the checkout here and in CI.
 PEER_DIR = Path(os.environ.get("NSTJAX_PEER", Path(__file__).resolve().parents[2] / "shared" / "peer"))
 if PEER_DIR.is_dir():
