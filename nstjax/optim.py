@@ -60,8 +60,8 @@ def compute_targets(net: vgg.VGGParams, content: Array, style: Array, *,
                         style={k: losses.gram(fs[k]) for k in style_layers})
 
 
-def make_weights(config: StyleConfig, preprocessing: str) -> losses.Weights:
-  w = config.loss_weights(preprocessing)
+def make_weights(config: StyleConfig, preprocessing: str, normalized: bool = False) -> losses.Weights:
+  w = config.loss_weights(preprocessing, normalized)
   cw, sw = config.layer_weights()
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return losses.Weights(content=f32(w["content"]), style=f32(w["style"]), tv=f32(w["tv"]),
@@ -101,19 +101,42 @@ def _strong(tree):
 
 def init_state(optimizer: optax.GradientTransformation, image: Array) -> State:
   image = jnp.asarray(image, jnp.float32)
-  return State(image=image, opt_state=_strong(optimizer.init(image)),
-               evaluations=jnp.zeros((), jnp.int32))
+  # The step donates opt_state; none of its buffers may be the image itself.
+  opt_state = jax.tree.map(lambda a: jnp.array(a, copy=True), _strong(optimizer.init(image)))
+  return State(image=image, opt_state=opt_state, evaluations=jnp.zeros((), jnp.int32))
 
 
-def make_step(config: StyleConfig, optimizer: optax.GradientTransformation):
-  """The jitted ``step(net, state, targets, weights) -> (state, metrics)``.
+class Step:
+  """``step(net, state, targets, weights) -> (state, metrics)``, compiled once.
 
+  ``state.opt_state`` is donated (the L-BFGS history is updated in place, not
+  copied every step); ``state.image`` is not, so the caller may keep it.
   metrics: ``{"loss": total loss at the incoming image, "evaluations": count}``.
   """
+
+  def __init__(self, fn):
+    self._jitted = jax.jit(fn, donate_argnums=(2,))
+
+  @staticmethod
+  def _args(net, state, targets, weights):
+    return (net, state.image, state.opt_state, state.evaluations, targets, weights)
+
+  def __call__(self, net, state, targets, weights):
+    return self._jitted(*self._args(net, state, targets, weights))
+
+  def compile(self, net, state, targets, weights):
+    """AOT-compiles for these shapes; returns a callable with the same signature."""
+    compiled = self._jitted.lower(*self._args(net, state, targets, weights)).compile()
+    return lambda *a: compiled(*self._args(*a))
+
+
+def make_step(config: StyleConfig, optimizer: optax.GradientTransformation) -> Step:
+  """The compiled-once optimisation step for ``config`` (see :class:`Step`)."""
   objective, _ = make_loss_fns(all_layers(config), config.pooling)
 
   if config.optimizer == "lbfgs" and config.lr is None:   # with the zoom line search
-    def step(net, state, targets, weights):
+    def step(net, image, opt_state, evaluations, targets, weights):
+      state = State(image, opt_state, evaluations)
       kw = dict(net=net, targets=targets, weights=weights)
       cached = optax.tree.get(state.opt_state, "value")
       value, grad = optax.value_and_grad_from_state(objective)(
@@ -128,14 +151,15 @@ def make_step(config: StyleConfig, optimizer: optax.GradientTransformation):
                   state.evaluations + jnp.asarray(evals, jnp.int32))
       return new, {"loss": value, "evaluations": new.evaluations}
   else:   # Adam, or L-BFGS with a fixed step: one evaluation per step
-    def step(net, state, targets, weights):
+    def step(net, image, opt_state, evaluations, targets, weights):
+      state = State(image, opt_state, evaluations)
       value, grad = jax.value_and_grad(objective)(state.image, net=net, targets=targets,
                                                   weights=weights)
       updates, opt_state = optimizer.update(grad, state.opt_state, state.image)
       new = State(optax.apply_updates(state.image, updates), opt_state, state.evaluations + 1)
       return new, {"loss": value, "evaluations": new.evaluations}
 
-  return jax.jit(step)
+  return Step(step)
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,7 +198,7 @@ def compiled_step(config: StyleConfig, net, state, targets, weights):
     return _COMPILED[key], 0.0
   _, step, _ = _programs(key[0])
   t0 = time.perf_counter()
-  compiled = step.lower(net, state, targets, weights).compile()
+  compiled = step.compile(net, state, targets, weights)
   _COMPILED[key] = compiled
   return compiled, time.perf_counter() - t0
 
@@ -237,9 +261,9 @@ def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConf
     if min(img.shape[:2]) < need:
       raise NSTError(f"{what} image is {img.shape[1]}x{img.shape[0]} but {max(lays, key=lambda name: vgg.min_image_size((name,)))} "
                      f"needs at least {need}x{need}; use a larger --size or shallower layers")
-  net = vgg.prepare(net)
+  net = vgg.prepare(net, layers)
   optimizer, _, terms_fn = _programs(_static_key(config))
-  weights = make_weights(config, net.preprocessing)
+  weights = make_weights(config, net.preprocessing, net.normalized)
   targets = compute_targets(net, content, style, content_layers=config.content_layers,
                             style_layers=config.style_layers, pooling=config.pooling)
   state = init_state(optimizer, initial_image(config, content, style))
@@ -293,7 +317,7 @@ def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConf
       "compile_seconds": round(compile_seconds, 4),
       "initial_losses": initial,
       "losses": final_terms,
-      "loss_weights": config.loss_weights(net.preprocessing),
+      "loss_weights": config.loss_weights(net.preprocessing, net.normalized),
       "height": int(content.shape[0]), "width": int(content.shape[1]),
       "device": str(jax.devices()[0].device_kind) + f" ({jax.default_backend()})",
       "config": dataclasses.asdict(config),

@@ -120,7 +120,7 @@ def feature_shape(layer: str, height: int, width: int) -> tuple[int, int]:
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["convs"],
-                   meta_fields=["arch", "preprocessing"])
+                   meta_fields=["arch", "preprocessing", "normalized"])
 @dataclasses.dataclass(frozen=True)
 class VGGParams:
   """Frozen VGG weights.
@@ -131,10 +131,13 @@ class VGGParams:
       :func:`prepare` each entry also has ``kernel_flipped``.
     arch: ``"vgg16"`` or ``"vgg19"``.
     preprocessing: ``"caffe"`` or ``"torch"``; how the weights expect images.
+    normalized: whether filter-mean normalisation (:mod:`nstjax.normalize`)
+      was applied; the default loss weights differ.
   """
   convs: Mapping[str, Mapping[str, Array]]
   arch: str
   preprocessing: str
+  normalized: bool = False
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -204,11 +207,37 @@ def _frozen_conv_bwd(kernel_flipped, g):
 frozen_conv.defvjp(_frozen_conv_fwd, _frozen_conv_bwd)
 
 
-def prepare(params: VGGParams) -> VGGParams:
-  """Adds ``kernel_flipped`` to every conv so :func:`features` uses :func:`frozen_conv`."""
-  convs = {name: {**p, "kernel_flipped": flip_kernel(p["kernel"])}
-           for name, p in params.convs.items()}
+def convs_needed(arch: str, layers) -> tuple[str, ...]:
+  """The conv layers that computing ``layers`` runs through, in order."""
+  order = [name for name, _, _ in conv_layers(arch)]
+  last = 0
+  for layer in layers:
+    block = _block_of(layer)
+    if layer.startswith("pool"):
+      idx = max(i for i, n in enumerate(order) if _block_of(n) == block)
+    else:
+      idx = order.index("conv" + layer.lstrip("convrelu"))
+    last = max(last, idx)
+  return tuple(order[: last + 1])
+
+
+def prepare(params: VGGParams, layers=None) -> VGGParams:
+  """Adds ``kernel_flipped`` to every conv so :func:`features` uses :func:`frozen_conv`.
+
+  With ``layers``, convs deeper than the deepest of them are dropped (the
+  default style layers never use conv5_2..conv5_4: 28 MB of VGG19).
+  """
+  keep = convs_needed(params.arch, layers) if layers is not None else tuple(params.convs)
+  kept = {name: params.convs[name] for name in keep}
+  flipped = _flip_all({name: p["kernel"] for name, p in kept.items()})  # one program, not 30
+  convs = {name: {"kernel": p["kernel"], "bias": p["bias"], "kernel_flipped": flipped[name]}
+           for name, p in kept.items()}
   return dataclasses.replace(params, convs=convs)
+
+
+@jax.jit
+def _flip_all(kernels):
+  return {name: flip_kernel(k) for name, k in kernels.items()}
 
 
 def pool2x2(x: Array, pooling: str) -> Array:

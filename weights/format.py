@@ -73,16 +73,19 @@ def _attr_str(v):
   return v if isinstance(v, str) else str(v)
 
 
-def check_params(arch, convs, *, widths=None, where="weights"):
+def check_params(arch, convs, *, widths=None, where="weights", only=False):
   """Checks a ``{name: (kernel, bias)}`` table against the architecture.
 
-  Raises NSTError naming the first layer that is missing or mis-shaped.
+  Raises NSTError naming the first layer that is missing or mis-shaped. With
+  ``only``, checks just the layers present.
   """
   expected = conv_layers(arch, widths)
   extra = sorted(set(convs) - {n for n, _, _ in expected})
   if extra:
     raise NSTError(f"{where}: unexpected layers {extra} for {arch}")
   for name, c_in, c_out in expected:
+    if only and name not in convs:
+      continue
     if name not in convs:
       raise NSTError(f"{where}: {arch} layer {name} is missing")
     k, b = convs[name]
@@ -96,7 +99,7 @@ def check_params(arch, convs, *, widths=None, where="weights"):
 
 
 def write(path, arch, convs, *, preprocessing, source, source_sha256, widths=None,
-          extra_attrs=None):
+          extra_attrs=None, extra_datasets=None):
   """Writes ``{name: (kernel_hwio, bias)}`` atomically in the nstjax layout."""
   if preprocessing not in PREPROCESSINGS:
     raise NSTError(f"unknown preprocessing {preprocessing!r}")
@@ -118,7 +121,18 @@ def write(path, arch, convs, *, preprocessing, source, source_sha256, widths=Non
         k, b = convs[name]
         f.create_dataset(f"{name}/kernel", data=np.asarray(k, np.float32))
         f.create_dataset(f"{name}/bias", data=np.asarray(b, np.float32))
+      for key, value in (extra_datasets or {}).items():
+        f.create_dataset(key, data=value)
   return path
+
+
+def write_params(path, params: VGGParams, info: dict, **kwargs):
+  """Writes loaded :class:`VGGParams` back with ``info``'s provenance."""
+  convs = {n: (np.asarray(p["kernel"]), np.asarray(p["bias"])) for n, p in params.convs.items()}
+  widths = tuple(info["widths"]) if info.get("widths") else None
+  return write(path, params.arch, convs, preprocessing=params.preprocessing,
+               source=info.get("source", "unknown"), source_sha256=info.get("source_sha256", ""),
+               widths=widths, **kwargs)
 
 
 def read_info(path) -> dict:
@@ -174,13 +188,14 @@ def read(path) -> tuple[VGGParams, dict]:
       for name, _, _ in conv_layers(arch, widths):
         if f"{name}/kernel" not in f or f"{name}/bias" not in f:
           raise NSTError(f"weights file {path}: {arch} layer {name} is missing")
-        convs[name] = (np.asarray(f[f"{name}/kernel"], np.float32),
-                       np.asarray(f[f"{name}/bias"], np.float32))
+        layer = {name: (np.asarray(f[f"{name}/kernel"], np.float32),
+                        np.asarray(f[f"{name}/bias"], np.float32))}
+        check_params(arch, layer, widths=widths, where=f"weights file {path}", only=True)
+        # Layer by layer onto the device: the host copy of the whole net never
+        # coexists with the device copy.
+        convs[name] = {"kernel": jnp.asarray(layer[name][0]), "bias": jnp.asarray(layer[name][1])}
   except (OSError, KeyError, ValueError) as e:
     raise NSTError(f"cannot read weights file {path}: {e}") from None
-  check_params(arch, convs, widths=widths, where=f"weights file {path}")
   info = read_info(path)
-  params = VGGParams(
-      convs={k: {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)} for k, (w, b) in convs.items()},
-      arch=arch, preprocessing=preprocessing)
-  return params, info
+  return VGGParams(convs=convs, arch=arch, preprocessing=preprocessing,
+                   normalized="normalized" in info), info

