@@ -47,6 +47,28 @@ def _floats(text: Optional[str]) -> Optional[tuple[float, ...]]:
     raise NSTError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _ints2(text: Optional[str]):
+  if text is None:
+    return None
+  try:
+    a, b = (int(x) for x in text.split(","))
+  except ValueError:
+    raise NSTError(f"expected two comma-separated integers, got {text!r}") from None
+  return (a, b)
+
+
+def _apply_preset(name: str, config, net, ctx):
+  """A preset fills the loss weights and iterations the user did not set explicitly."""
+  import dataclasses
+  from nstjax.config import attention_preset
+  preset = attention_preset(net.preprocessing, net.normalized)
+  given = {p for p in ctx.params if ctx.get_parameter_source(p).name != "DEFAULT"}
+  fields = {"content_weight", "style_weight", "attention_weight", "attention_layers",
+            "iterations", "optimizer", "pooling"}
+  updates = {f: getattr(preset, f) for f in fields if f not in given}
+  return dataclasses.replace(config, **updates)
+
+
 def _enable_compilation_cache():
   """Persistent XLA cache in the user's cache dir: later runs skip compilation."""
   import jax
@@ -117,6 +139,7 @@ def _intermediate_path(output: Path, iteration: int) -> Path:
 
 @app.command()
 def stylize(
+    ctx: typer.Context,
     content: Path = typer.Argument(..., help="Content image."),
     style: Path = typer.Argument(..., help="Style image."),
     output: Path = typer.Option(..., "-o", "--output", help="Output image (.png keeps the parameters in its metadata)."),
@@ -136,6 +159,18 @@ def stylize(
     pooling: str = typer.Option("avg", help="avg (Gatys) or max."),
     init: str = typer.Option("content", help="content, noise or style."),
     seed: int = typer.Option(0, help="Seed for --init noise."),
+    style_loss: str = typer.Option("gram", help="gram, pca, pca-paper, svd or weighted (see README)."),
+    pca_k: str = typer.Option("0.5", help="pca/pca-paper components per layer: a count (64), a fraction of C (0.25) or var=0.95."),
+    svd_threshold: float = typer.Option(1.0, help="svd: drop singular values below this multiple of their mean (0: keep all)."),
+    svd_energy: Optional[float] = typer.Option(None, help="svd: instead keep the top singular values holding this energy fraction."),
+    channel_weights: str = typer.Option("energy", help="weighted: energy, uniform or a JSON file {layer: [w, ...]}."),
+    attention_weight: float = typer.Option(0.0, help="γ: weight of the attention-based style loss (0: plain Gatys)."),
+    attention_layers: str = typer.Option("relu4_1", help="Comma-separated attention layers (the paper's conv4_1 = relu4_1)."),
+    attention_gram: str = typer.Option("centered", help="centered (covariance match, default) or raw (eq. 7 literally)."),
+    attention_temperature: float = typer.Option(1.0, help="Softmax temperature (the paper: 1)."),
+    attention_memory: str = typer.Option("1GB", help="Working-memory budget of the chunked attention softmax."),
+    attention_chunks: Optional[str] = typer.Option(None, help="Explicit chunk sizes CONTENT,STYLE instead of the budget."),
+    preset: Optional[str] = typer.Option(None, help="attention-paper: the paper's Fig. 1 settings scaled to the weights (flags given explicitly still win)."),
     weights: Optional[str] = typer.Option(None, help="Weights: a source name (nstjax weights list) or a converted .h5 file. Default: VGG19, fetched on first use."),
     save_every: int = typer.Option(0, help="Also write OUTPUT_<iteration> every N steps (0: never)."),
     summary: Optional[Path] = typer.Option(None, help="Write a JSON summary of the run here."),
@@ -148,9 +183,17 @@ def stylize(
       lbfgs_memory=lbfgs_memory, content_weight=content_weight, style_weight=style_weight,
       tv_weight=tv_weight, content_layers=_layers(content_layers),
       style_layers=_layers(style_layers), content_layer_weights=_floats(content_layer_weights),
-      style_layer_weights=_floats(style_layer_weights), pooling=pooling, init=init, seed=seed)
+      style_layer_weights=_floats(style_layer_weights), pooling=pooling, init=init, seed=seed,
+      style_loss=style_loss, pca_k=pca_k, svd_threshold=svd_threshold, svd_energy=svd_energy,
+      channel_weights=channel_weights, attention_weight=attention_weight,
+      attention_layers=_layers(attention_layers), attention_gram=attention_gram,
+      attention_temperature=attention_temperature, attention_memory=attention_memory,
+      attention_chunks=_ints2(attention_chunks))
   if save_every < 0:
     raise NSTError(f"--save-every must be >= 0, got {save_every}")
+  config.validate()   # numbers and names first; layers again once the weights' arch is known
+  if preset not in (None, "attention-paper"):
+    raise NSTError(f"unknown preset {preset!r}; known: attention-paper")
   # Everything that can be checked without compute is checked first.
   _check_output_free(output)
   if summary is not None:
@@ -164,6 +207,8 @@ def stylize(
   style_img = nimage.load_image(style)
   weights_path = registry.resolve(weights, notify=_say)
   net, info = wformat.read(weights_path)
+  if preset is not None:
+    config = _apply_preset(preset, config, net, ctx)
   config.validate(net.arch)
   _enable_compilation_cache()
   content_img, style_img = nstjax.prepare_images(content_img, style_img, config)
@@ -200,6 +245,38 @@ def stylize(
   if result.status == "interrupted":
     _say("interrupted: saved the current image")
     raise typer.Exit(EXIT_INTERRUPTED)
+
+
+@app.command("attention-map")
+def attention_map(
+    content: Path = typer.Argument(..., help="Content image."),
+    style: Path = typer.Argument(..., help="Style image."),
+    point: str = typer.Option(..., help="X,Y: a content pixel (in the resized content image's coordinates)."),
+    layer: str = typer.Option("relu4_1", help="Comma-separated layers; one panel each, side by side."),
+    output: Path = typer.Option(..., "-o", "--output", help="PNG to write."),
+    size: int = typer.Option(512, help="Long side both images are resized to."),
+    temperature: float = typer.Option(1.0, help="Softmax temperature."),
+    pooling: str = typer.Option("avg", help="avg or max."),
+    weights: Optional[str] = typer.Option(None, help="Weights (as for stylize)."),
+):
+  """The paper's Fig. 4: one content position's attention weights over the style image."""
+  from nstjax import attention_map as amap
+  from nstjax import image as nimage
+  from nstjax.weights import format as wformat
+  from nstjax.weights import registry
+  _check_output_free(output)
+  try:
+    x, y = (int(v) for v in point.split(","))
+  except ValueError:
+    raise NSTError(f"--point must be X,Y in pixels, got {point!r}") from None
+  content_img, style_img = nimage.load_image(content), nimage.load_image(style)
+  net, _ = wformat.read(registry.resolve(weights, notify=_say))
+  panel = amap.attention_map_image(net, content_img, style_img, point=(x, y),
+                                   layers=_layers(layer), size=size, temperature=temperature,
+                                   pooling=pooling)
+  nimage.save_image(panel, output, metadata={"content": str(content), "style": str(style),
+                                             "point": [x, y], "layers": _layers(layer)})
+  _say(f"wrote {output}")
 
 
 @weights_app.command("list")

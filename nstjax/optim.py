@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nstjax import attention as nattention
 from nstjax import losses, vgg
+from nstjax import style as nstyle
 from nstjax.config import ADAM_LR, StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
 
@@ -46,18 +48,48 @@ class Progress:
 
 
 def all_layers(config: StyleConfig) -> tuple[str, ...]:
-  return tuple(dict.fromkeys(config.content_layers + config.style_layers))
+  attention = config.attention_layers if config.attention_weight else ()
+  return tuple(dict.fromkeys(config.content_layers + config.style_layers + attention))
 
 
-@functools.partial(jax.jit, static_argnames=("content_layers", "style_layers", "pooling"))
+def attention_targets(net: vgg.VGGParams, content: Array, style: Array,
+                      config: StyleConfig) -> dict[str, Array]:
+  """SA (eq. 7) for every attention layer, chunked within ``config.attention_memory``."""
+  if not config.attention_weight:
+    return {}
+  layers = config.attention_layers
+  fc = _features(net, content, layers=layers, pooling=config.pooling)
+  fs = _features(net, style, layers=layers, pooling=config.pooling)
+  out = {}
+  for layer in layers:
+    nc = fc[layer].shape[0] * fc[layer].shape[1]
+    ns = fs[layer].shape[0] * fs[layer].shape[1]
+    if nc == 0 or ns == 0:
+      raise NSTError(f"{layer}'s feature map is empty at this size; use a larger --size")
+    c = fc[layer].shape[-1]
+    if config.attention_chunks is not None:
+      q_chunk, k_chunk = config.attention_chunks
+    else:
+      q_chunk, k_chunk = nattention.choose_chunks(
+          nc, ns, c, c, nattention.parse_bytes(config.attention_memory))
+    out[layer] = nattention.attention_target(fc[layer], fs[layer],
+                                             temperature=config.attention_temperature,
+                                             q_chunk=q_chunk, k_chunk=k_chunk)
+  return out
+
+
+_features = jax.jit(vgg.features, static_argnames=("layers", "pooling"))
+
+
 def compute_targets(net: vgg.VGGParams, content: Array, style: Array, *,
                     content_layers: tuple[str, ...], style_layers: tuple[str, ...],
-                    pooling: str) -> losses.Targets:
-  """Content features and style Gram matrices; computed once per run."""
-  fc = vgg.features(net, content, layers=content_layers, pooling=pooling)
-  fs = vgg.features(net, style, layers=style_layers, pooling=pooling)
+                    pooling: str, style_spec: nstyle.StyleSpec | None = None) -> losses.Targets:
+  """Content features and style targets (Gram matrices by default); once per run."""
+  fc = _features(net, content, layers=content_layers, pooling=pooling)
+  fs = _features(net, style, layers=style_layers, pooling=pooling)
   return losses.Targets(content={k: fc[k] for k in content_layers},
-                        style={k: losses.gram(fs[k]) for k in style_layers})
+                        style=nstyle.style_targets({k: fs[k] for k in style_layers},
+                                                   style_spec or nstyle.StyleSpec()))
 
 
 def make_weights(config: StyleConfig, preprocessing: str, normalized: bool = False) -> losses.Weights:
@@ -66,15 +98,21 @@ def make_weights(config: StyleConfig, preprocessing: str, normalized: bool = Fal
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return losses.Weights(content=f32(w["content"]), style=f32(w["style"]), tv=f32(w["tv"]),
                         content_layers={k: f32(v) for k, v in cw.items()},
-                        style_layers={k: f32(v) for k, v in sw.items()})
+                        style_layers={k: f32(v) for k, v in sw.items()},
+                        attention=f32(config.attention_weight),
+                        attention_layers={k: f32(v) for k, v in config.attention_layer_table().items()})
 
 
-def make_loss_fns(layers: tuple[str, ...], pooling: str):
+def make_loss_fns(layers: tuple[str, ...], pooling: str, style_loss: str = "gram",
+                  attention_gram: str = "centered"):
   """(objective, terms): total loss of an image, and its named terms."""
+  style_fn = nstyle.REPRESENTATIONS[style_loss].loss
+  attention_fn = nattention.ATTENTION_LOSSES[attention_gram]
 
   def terms(image, *, net, targets, weights):
     feats = vgg.features(net, image, layers=layers, pooling=pooling)
-    return losses.loss_terms(feats, image, targets, weights)
+    return losses.loss_terms(feats, image, targets, weights, style_fn=style_fn,
+                             attention_fn=attention_fn)
 
   def objective(image, *, net, targets, weights):
     return losses.total(terms(image, net=net, targets=targets, weights=weights), weights)
@@ -132,7 +170,8 @@ class Step:
 
 def make_step(config: StyleConfig, optimizer: optax.GradientTransformation) -> Step:
   """The compiled-once optimisation step for ``config`` (see :class:`Step`)."""
-  objective, _ = make_loss_fns(all_layers(config), config.pooling)
+  objective, _ = make_loss_fns(all_layers(config), config.pooling, config.style_loss,
+                               config.attention_gram)
 
   if config.optimizer == "lbfgs" and config.lr is None:   # with the zoom line search
     def step(net, image, opt_state, evaluations, targets, weights):
@@ -166,7 +205,8 @@ def make_step(config: StyleConfig, optimizer: optax.GradientTransformation) -> S
 def _programs(config_key: StyleConfig):
   """(optimizer, step, terms) shared by every run with the same static configuration."""
   optimizer = make_optimizer(config_key)
-  _, terms = make_loss_fns(all_layers(config_key), config_key.pooling)
+  _, terms = make_loss_fns(all_layers(config_key), config_key.pooling, config_key.style_loss,
+                           config_key.attention_gram)
   return optimizer, make_step(config_key, optimizer), jax.jit(terms)
 
 
@@ -175,7 +215,9 @@ def _static_key(config: StyleConfig) -> StyleConfig:
   return dataclasses.replace(
       config, size=None, style_scale=1.0, iterations=0, content_weight=None,
       style_weight=None, tv_weight=None, content_layer_weights=None,
-      style_layer_weights=None, init="content", seed=0)
+      style_layer_weights=None, init="content", seed=0,
+      attention_weight=1.0 if config.attention_weight else 0.0, attention_layer_weights=None,
+      attention_temperature=1.0, attention_memory="1GB", attention_chunks=None)
 
 
 _COMPILED: dict = {}
@@ -256,7 +298,8 @@ def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConf
   content = jnp.asarray(content, jnp.float32)
   style = jnp.asarray(style, jnp.float32)
   layers = all_layers(config)
-  for what, img, lays in (("content", content, layers), ("style", style, config.style_layers)):
+  style_side = config.style_layers + (config.attention_layers if config.attention_weight else ())
+  for what, img, lays in (("content", content, layers), ("style", style, style_side)):
     need = vgg.min_image_size(lays)
     if min(img.shape[:2]) < need:
       raise NSTError(f"{what} image is {img.shape[1]}x{img.shape[0]} but {max(lays, key=lambda name: vgg.min_image_size((name,)))} "
@@ -265,7 +308,9 @@ def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConf
   optimizer, _, terms_fn = _programs(_static_key(config))
   weights = make_weights(config, net.preprocessing, net.normalized)
   targets = compute_targets(net, content, style, content_layers=config.content_layers,
-                            style_layers=config.style_layers, pooling=config.pooling)
+                            style_layers=config.style_layers, pooling=config.pooling,
+                            style_spec=config.style_spec())
+  targets = targets._replace(attention=attention_targets(net, content, style, config))
   state = init_state(optimizer, initial_image(config, content, style))
   kw = dict(net=net, targets=targets, weights=weights)
   initial = _floats(terms_fn(state.image, **kw), weights)
@@ -318,6 +363,7 @@ def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConf
       "initial_losses": initial,
       "losses": final_terms,
       "loss_weights": config.loss_weights(net.preprocessing, net.normalized),
+      "style_representation": config.style_spec().describe(),
       "height": int(content.shape[0]), "width": int(content.shape[1]),
       "device": str(jax.devices()[0].device_kind) + f" ({jax.default_backend()})",
       "config": dataclasses.asdict(config),
