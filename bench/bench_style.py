@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"gram": {}, "pca-k/4": {"style_loss": "pca", "pca_k": "0.25"},
-            "pca-k/2": {"style_loss": "pca", "pca_k": "0.5"},
+VARIANTS = {"gram": {}, "pca-k4": {"style_loss": "pca", "pca_k": "0.25"},
+            "pca-k2": {"style_loss": "pca", "pca_k": "0.5"},
             "pca-paper": {"style_loss": "pca-paper", "pca_k": "0.5"},
             "svd": {"style_loss": "svd"}, "weighted": {"style_loss": "weighted"}}
 

@@ -87,6 +87,16 @@ def test_save_is_atomic_and_keeps_metadata(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
 
 
+def test_output_mode_follows_umask(tmp_path):
+  import os
+  old = os.umask(0o022)
+  try:
+    path = save_image(np.zeros((2, 2, 3), np.float32), tmp_path / "m.png")
+  finally:
+    os.umask(old)
+  assert (path.stat().st_mode & 0o777) == 0o644
+
+
 def test_check_writable(tmp_path):
   with pytest.raises(NSTError, match="does not exist"):
     check_writable(tmp_path / "missing" / "o.png")

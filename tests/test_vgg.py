@@ -112,3 +112,19 @@ def test_layer_names_and_sizes():
 
 def test_widths_property(tiny_net):
   assert tiny_net.widths == TINY_WIDTHS
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_flax_module_equals_pure_function(tiny_net, pooling):
+  from nstjax.flax_vgg import FlaxVGG, to_variables
+  layers = ("conv1_1", "relu2_2", "pool3", "relu5_1")
+  model = FlaxVGG(arch="vgg19", preprocessing=tiny_net.preprocessing, pooling=pooling,
+                  layers=layers, widths=tiny_net.widths)
+  image = np.random.default_rng(4).random((32, 32, 3)).astype(np.float32)
+  variables = to_variables(tiny_net, layers)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((32, 32, 3)))
+  assert jax.tree.structure(shapes) == jax.tree.structure(variables)
+  got = jax.jit(model.apply)(variables, image)
+  ref = vgg.features(tiny_net, jnp.asarray(image), layers=layers, pooling=pooling)
+  for k in layers:
+    np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5 * float(jnp.abs(ref[k]).max()))
