@@ -31,4 +31,4 @@ if __name__ == "__main__":
     i = args.index("--height")
     height = int(args[i + 1])
     del args[i:i + 2]
-  montage(args[0], [a.split("=", 1) for a in args[1:]], height)
+  montage(args[0], [a.rsplit("=", 1) for a in args[1:]], height)
