@@ -107,7 +107,10 @@ class _Bar:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
     self.console = Console(stderr=True)
-    self.enabled = not quiet
+    # Off a terminal (logs, CI, batch hosts) a live bar is noise: print ~10 plain lines.
+    self.plain = not quiet and not self.console.is_terminal
+    self.every = max(1, total // 10)
+    quiet = quiet or self.plain
     self.progress = Progress(
         TextColumn("[bold]stylize"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -127,8 +130,13 @@ class _Bar:
     rate = p.iteration / p.elapsed if p.elapsed > 0 else 0.0
     if p.terms:
       t = p.terms
+      extra = f", attention {t['attention']:.3g}" if "attention" in t else ""
       self.last_terms = (f"loss {t['total']:.3g} (content {t['content']:.3g}, "
-                         f"style {t['style']:.3g}, tv {t['tv']:.3g}) evals {p.evaluations}")
+                         f"style {t['style']:.3g}, tv {t['tv']:.3g}{extra}) evals {p.evaluations}")
+    if self.plain and (p.iteration % self.every == 0 or p.iteration == p.iterations):
+      eta = (p.iterations - p.iteration) / rate if rate > 0 else float("nan")
+      typer.echo(f"nstjax: iteration {p.iteration}/{p.iterations}, {rate:.2f} it/s, ETA {eta:.0f} s, "
+                 f"{self.last_terms or f'loss {p.loss:.4g}, evals {p.evaluations}'}", err=True)
     self.progress.update(self.task, completed=p.iteration, rate=f"{rate:.2f} it/s",
                          terms=self.last_terms or f"loss {p.loss:.3g}")
 

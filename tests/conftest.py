@@ -12,6 +12,9 @@ if PEER_DIR.is_dir():
   sys.path.append(str(PEER_DIR))
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "NSTJAX_HOME" not in os.environ:   # never touch the user's cache (weights, XLA cache)
+  import tempfile
+  os.environ["NSTJAX_HOME"] = tempfile.mkdtemp(prefix="nstjax-tests-")
 
 import jax
 import numpy as np
