@@ -373,6 +373,11 @@ def weights_info(spec: str = typer.Argument(..., help="Source name or converted 
     typer.echo(f"{key}: {info[key]}")
 
 
+from nstjax.cli import batch_cmd  # noqa: E402  (registers `nstjax batch`)
+
+app.command("batch")(batch_cmd.batch)
+
+
 def run(argv=None):
   """Entry point: one line and exit 1 for user errors, 130 for Ctrl-C.
 

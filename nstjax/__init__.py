@@ -18,16 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from nstjax import image as _image
-from nstjax import losses, optim, vgg
+from nstjax import batch, losses, optim, vgg
 from nstjax.config import StyleConfig, paper_preset
 from nstjax.errors import NonFiniteLoss, NSTError
+from nstjax.batch import stylize_batch
 from nstjax.optim import Progress, Result, optimize
 from nstjax.vgg import VGGParams, features
 
 __all__ = [
     "NSTError", "NonFiniteLoss", "Progress", "Result", "StyleConfig", "VGGParams",
     "features", "load_image", "load_weights", "losses", "optim", "optimize",
-    "paper_preset", "prepare_images", "stylize", "stylize_result", "vgg",
+    "paper_preset", "prepare_images", "stylize", "stylize_batch", "stylize_result", "vgg",
 ]
 __version__ = "0.1.0"
 

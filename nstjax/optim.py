@@ -153,6 +153,7 @@ class Step:
   """
 
   def __init__(self, fn):
+    self.fn = fn   # unjitted (net, image, opt_state, evaluations, targets, weights) -> (State, metrics)
     self._jitted = jax.jit(fn, donate_argnums=(2,))
 
   @staticmethod
