@@ -126,6 +126,8 @@ def batch(
   from nstjax.weights import format as wformat
   from nstjax.weights import registry
 
+  from nstjax.cli.main import _enable_compilation_cache
+  _enable_compilation_cache()
   weights_path = registry.resolve(weights, notify=None if quiet else say)
   net, info = wformat.read(weights_path)
   weights_record = {"name": info.get("source"), "sha256": info.get("source_sha256"),
@@ -158,8 +160,8 @@ def batch(
     runnable.append((job, c_img, s_img, cfg))
 
   groups: dict = {}
-  for item in runnable:
-    groups.setdefault(nbatch.group_key(item[3], item[1], item[2]), []).append(item)
+  for k, item in enumerate(runnable):
+    groups.setdefault(nbatch.group_key(item[3], item[1], item[2], k), []).append(item)
   t_start = time.perf_counter()
   done_jobs = 0
   for g, items in enumerate(groups.values(), 1):

@@ -55,9 +55,16 @@ def _unstack(tree, n):
   return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
 
 
-def group_key(config: StyleConfig, content: np.ndarray, style: np.ndarray):
-  """Jobs with equal keys run as one program."""
-  return (optim._static_key(config), content.shape, style.shape)
+def group_key(config: StyleConfig, content: np.ndarray, style: np.ndarray, index: int = 0):
+  """Jobs with equal keys run as one program.
+
+  The iteration count is part of the key (a group runs one loop). ``pca`` with
+  an explained-variance k picks k from each style image, so such jobs' targets
+  may differ in shape: each runs alone (``index``).
+  """
+  alone = (config.style_loss in ("pca", "pca-paper") and str(config.pca_k).startswith("var="))
+  return (optim._static_key(config), config.iterations, content.shape, style.shape,
+          index if alone else None)
 
 
 @functools.lru_cache(maxsize=8)
@@ -205,7 +212,7 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
     prepared.append((ci, si, cfg))
   groups: dict = {}
   for i, (ci, si, cfg) in enumerate(prepared):
-    groups.setdefault(group_key(cfg, ci, si), []).append(i)
+    groups.setdefault(group_key(cfg, ci, si, i), []).append(i)
   out = [None] * len(prepared)
   for g, idx in enumerate(groups.values()):
     def cb(it, losses, elapsed, g=g, idx=idx):

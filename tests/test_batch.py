@@ -41,6 +41,16 @@ def test_batched_equals_sequential(tiny_net, optimizer):
     assert r["summary"]["evaluations"] == alone.summary["evaluations"]
 
 
+def test_per_job_iterations_and_variance_k_are_not_mixed(tiny_net):
+  contents, styles, configs = _jobs(3)
+  configs[1] = dataclasses.replace(configs[1], iterations=2)
+  configs = [dataclasses.replace(c, style_loss="pca", pca_k="var=0.9") if i == 2 else c
+             for i, c in enumerate(configs)]
+  results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
+  assert [r["summary"]["iterations"] for r in results] == [4, 2, 4]
+  assert [r["summary"]["batch"]["group_size"] for r in results] == [1, 1, 1]
+
+
 def test_groups_by_shape(tiny_net):
   contents, styles, configs = _jobs(2)
   contents[1] = smooth_image(40, 32, 5)              # another shape: its own group

@@ -1,0 +1,76 @@
+"""Batch throughput (issue 4): images per minute, batched vs one process per job.
+
+Every figure is wall time of whole commands, so process start, weights loading
+and compilation are included (what users pay). Jobs: the same content/style
+pair with different style weights (one shape, so one group), real VGG19.
+
+    python bench/bench_batch.py --sizes 128,256 --batches 1,4,8 --iterations 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTENT, STYLE = ROOT / "examples" / "tubingen.jpg", ROOT / "examples" / "starry_night.jpg"
+NSTJAX = [sys.executable, "-m", "nstjax.cli.main"]
+
+
+def weights_for(n):
+  return [f"{1e-3 * (1 + 0.25 * i):.6g}" for i in range(n)]
+
+
+def timed(cmd, env=None):
+  t0 = time.perf_counter()
+  subprocess.run(cmd, check=True, capture_output=True, env=env)
+  return time.perf_counter() - t0
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--sizes", default="128,256")
+  ap.add_argument("--batches", default="1,4,8")
+  ap.add_argument("--iterations", type=int, default=30)
+  ap.add_argument("--separate", type=int, default=8, help="jobs run as separate processes")
+  ap.add_argument("--sharded-size", type=int, default=128)
+  args = ap.parse_args()
+  rows = []
+  common = ["--iterations", str(args.iterations), "-q"]
+  with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run(NSTJAX + ["weights", "fetch"], check=True, capture_output=True)
+    for size in [int(s) for s in args.sizes.split(",")]:
+      total = 0.0
+      for i, w in enumerate(weights_for(args.separate)):
+        total += timed(NSTJAX + ["stylize", str(CONTENT), str(STYLE), "-o", f"{tmp}/sep_{size}_{i}.png",
+                                 "--size", str(size), "--style-weight", w] + common)
+      rows.append({"size": size, "mode": "separate processes", "jobs": args.separate, "seconds": round(total, 2),
+                   "images_per_minute": round(60 * args.separate / total, 2)})
+      print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+      for b in [int(x) for x in args.batches.split(",")]:
+        secs = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
+                               "style-weight=" + ",".join(weights_for(b)), "-o", f"{tmp}/batch_{size}_{b}",
+                               "--size", str(size)] + common)
+        rows.append({"size": size, "mode": "nstjax batch", "jobs": b, "seconds": round(secs, 2),
+                     "images_per_minute": round(60 * b / secs, 2)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    size, b = args.sharded_size, max(int(x) for x in args.batches.split(","))
+    for devices in (1, 2):
+      env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+      secs = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
+                             "style-weight=" + ",".join(weights_for(b)), "-o", f"{tmp}/shard_{devices}",
+                             "--size", str(size)] + common, env=env)
+      rows.append({"size": size, "mode": f"nstjax batch, {devices} host device(s)", "jobs": b,
+                   "seconds": round(secs, 2), "images_per_minute": round(60 * b / secs, 2)})
+      print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+  print(json.dumps({"iterations": args.iterations, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+  main()
