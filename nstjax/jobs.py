@@ -16,6 +16,10 @@ OVERRIDES = {
     "tv_weight": ("tv_weight", float), "attention_weight": ("attention_weight", float),
     "seed": ("seed", int), "size": ("size", int), "init": ("init", str),
     "style_scale": ("style_scale", float), "iterations": ("iterations", int),
+    # Static options: jobs that differ in these form separate groups (separate programs).
+    "lr": ("lr", float), "lbfgs_memory": ("lbfgs_memory", int),
+    "svd_threshold": ("svd_threshold", float), "pca_k": ("pca_k", str),
+    "attention_temperature": ("attention_temperature", float),
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 

@@ -51,6 +51,14 @@ def test_per_job_iterations_and_variance_k_are_not_mixed(tiny_net):
   assert [r["summary"]["batch"]["group_size"] for r in results] == [1, 1, 1]
 
 
+def test_static_options_form_separate_groups(tiny_net):
+  contents, styles, configs = _jobs(2)
+  configs[1] = dataclasses.replace(configs[1], lbfgs_memory=5)
+  results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
+  assert [r["summary"]["batch"]["group_size"] for r in results] == [1, 1]
+  assert results[1]["summary"]["config"]["lbfgs_memory"] == 5
+
+
 def test_groups_by_shape(tiny_net):
   contents, styles, configs = _jobs(2)
   contents[1] = smooth_image(40, 32, 5)              # another shape: its own group
@@ -156,6 +164,7 @@ def test_job_lists(tmp_path, image_files):
   assert len({j["name"] for j in grid}) == 6
   with pytest.raises(NSTError, match="unknown job field"):
     jobs.sweep_jobs(content, style, ["colour=1"])
+  assert jobs.sweep_jobs(content, style, ["lbfgs-memory=5,10"])[1]["overrides"] == {"lbfgs_memory": 10}
   (tmp_path / "c").mkdir()
   (tmp_path / "s").mkdir()
   for i in range(2):
