@@ -85,6 +85,7 @@ def batch(
   from nstjax import jobs as njobs
   from nstjax.config import StyleConfig
   from nstjax.cli.main import _say as say
+  from nstjax.cli.main import _write_json
   started = time.time()
 
   sources = sum(x is not None for x in (jobs_file, contents, content))
@@ -149,11 +150,7 @@ def batch(
       cfg = dataclasses.replace(base, **job["overrides"]).validate(net.arch)
       c_img, s_img = nstjax.prepare_images(nimage.load_image(job["content"]),
                                            nimage.load_image(job["style"]), cfg)
-      for what, img, lays in (("content", c_img, nstjax.optim.all_layers(cfg)),
-                              ("style", s_img, cfg.style_layers)):
-        need = nstjax.vgg.min_image_size(lays)
-        if min(img.shape[:2]) < need:
-          raise NSTError(f"{what} image is {img.shape[1]}x{img.shape[0]} but needs at least {need}x{need}")
+      nstjax.optim.check_image_sizes(cfg, c_img, s_img)
     except NSTError as e:
       rec.update(status="failed", reason=str(e))
       continue
@@ -210,12 +207,6 @@ def batch(
       raise typer.Exit(1)
   elif any(j["status"] == "failed" for j in records.values()):
     raise typer.Exit(1)
-
-
-def _write_json(path: Path, data):
-  from nstjax.weights.format import atomic_path
-  with atomic_path(path) as tmp:
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _gather_parts(outdir: Path, nproc: int, started: float, timeout=3600.0):

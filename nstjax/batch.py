@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from nstjax import losses as nlosses
 from nstjax import optim, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NSTError
@@ -161,7 +162,6 @@ def run_group(net: vgg.VGGParams, contents: Sequence[np.ndarray], styles: Sequen
     pick = lambda tree: {k: float(v[i]) for k, v in tree.items()}
     w = _unstack(weights, n + pad)[i]
     init_losses, final_losses = pick(initial), pick(final_terms)
-    from nstjax import losses as nlosses
     init_losses["total"] = float(nlosses.total(_unstack(initial, n + pad)[i], w))
     final_losses["total"] = float(nlosses.total(_unstack(final_terms, n + pad)[i], w))
     status = "done" if failed_at[i] < 0 and np.isfinite(final_losses["total"]) else "non-finite"
@@ -205,10 +205,7 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
   for c, s, cfg in zip(contents, styles, configs):
     cfg.validate(net.arch)
     ci, si = nstjax.prepare_images(c, s, cfg)
-    for what, img, lays in (("content", ci, optim.all_layers(cfg)), ("style", si, cfg.style_layers)):
-      need = vgg.min_image_size(lays)
-      if min(img.shape[:2]) < need:
-        raise NSTError(f"{what} image is {img.shape[1]}x{img.shape[0]} but needs at least {need}x{need}")
+    optim.check_image_sizes(cfg, ci, si)
     prepared.append((ci, si, cfg))
   groups: dict = {}
   for i, (ci, si, cfg) in enumerate(prepared):

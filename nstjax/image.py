@@ -18,6 +18,20 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 from nstjax.errors import NSTError
 
 MAX_PIXELS = 200_000_000   # refuse decompression bombs, as PIL does by default
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def list_images(folder, what: str = "folder") -> list[Path]:
+  """The image files in ``folder`` (by suffix), sorted; NSTError if none or not a folder."""
+  folder = Path(folder)
+  if not folder.exists():
+    raise NSTError(f"{what} {folder} does not exist")
+  if not folder.is_dir():
+    raise NSTError(f"{what} {folder} is not a folder")
+  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  if not files:
+    raise NSTError(f"{what} {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+  return files
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

@@ -21,7 +21,6 @@ OVERRIDES = {
     "svd_threshold": ("svd_threshold", float), "pca_k": ("pca_k", str),
     "attention_temperature": ("attention_temperature", float),
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def _key(name: str) -> str:
@@ -107,19 +106,11 @@ def read_manifest(path) -> list[dict]:
   return jobs
 
 
-def _images(folder) -> list[Path]:
-  folder = Path(folder)
-  if not folder.is_dir():
-    raise NSTError(f"{folder} is not a folder")
-  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-  if not files:
-    raise NSTError(f"folder {folder} has no images")
-  return files
-
-
 def pair_jobs(contents_dir, styles_dir) -> list[dict]:
   """Every content × style pair of two folders."""
-  return [make_job(c, s) for c in _images(contents_dir) for s in _images(styles_dir)]
+  from nstjax.image import list_images
+  return [make_job(c, s) for c in list_images(contents_dir, "contents folder")
+          for s in list_images(styles_dir, "styles folder")]
 
 
 def sweep_jobs(content, style, sweeps) -> list[dict]:

@@ -52,6 +52,17 @@ def all_layers(config: StyleConfig) -> tuple[str, ...]:
   return tuple(dict.fromkeys(config.content_layers + config.style_layers + attention))
 
 
+def check_image_sizes(config: StyleConfig, content, style) -> None:
+  """Raises NSTError if an image is too small for a layer it must pass through."""
+  style_side = config.style_layers + (config.attention_layers if config.attention_weight else ())
+  for what, img, lays in (("content", content, all_layers(config)), ("style", style, style_side)):
+    need = vgg.min_image_size(lays)
+    if min(img.shape[:2]) < need:
+      deepest = max(lays, key=lambda name: vgg.min_image_size((name,)))
+      raise NSTError(f"{what} image is {img.shape[1]}x{img.shape[0]} but {deepest} "
+                     f"needs at least {need}x{need}; use a larger --size or shallower layers")
+
+
 def attention_targets(net: vgg.VGGParams, content: Array, style: Array,
                       config: StyleConfig) -> dict[str, Array]:
   """SA (eq. 7) for every attention layer, chunked within ``config.attention_memory``."""
@@ -299,12 +310,7 @@ def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConf
   content = jnp.asarray(content, jnp.float32)
   style = jnp.asarray(style, jnp.float32)
   layers = all_layers(config)
-  style_side = config.style_layers + (config.attention_layers if config.attention_weight else ())
-  for what, img, lays in (("content", content, layers), ("style", style, style_side)):
-    need = vgg.min_image_size(lays)
-    if min(img.shape[:2]) < need:
-      raise NSTError(f"{what} image is {img.shape[1]}x{img.shape[0]} but {max(lays, key=lambda name: vgg.min_image_size((name,)))} "
-                     f"needs at least {need}x{need}; use a larger --size or shallower layers")
+  check_image_sizes(config, content, style)
   net = vgg.prepare(net, layers)
   optimizer, _, terms_fn = _programs(_static_key(config))
   weights = make_weights(config, net.preprocessing, net.normalized)

@@ -13,24 +13,12 @@ from nstjax import normalize as nnorm
 from nstjax.errors import NSTError
 from nstjax.weights import format as wformat
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_SIZE = 256
 
 
 def default_calibration_dir() -> Path:
   """The calibration set that ships with nstjax (three 256-px images)."""
   return Path(str(resources.files("nstjax") / "data" / "calibration"))
-
-
-def _images_in(folder: Path) -> list[Path]:
-  if not folder.exists():
-    raise NSTError(f"calibration folder {folder} does not exist")
-  if not folder.is_dir():
-    raise NSTError(f"calibration path {folder} is not a folder")
-  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-  if not files:
-    raise NSTError(f"calibration folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
-  return files
 
 
 def load_calibration(folders=None, *, size: int = DEFAULT_SIZE, include_default: bool = True):
@@ -40,7 +28,7 @@ def load_calibration(folders=None, *, size: int = DEFAULT_SIZE, include_default:
     folders = [default_calibration_dir()] + folders
   if not folders:
     raise NSTError("no calibration folders given")
-  files = [f for folder in folders for f in _images_in(folder)]
+  files = [f for folder in folders for f in nimage.list_images(folder, "calibration folder")]
   images = [nimage.resize_long_side(nimage.load_image(f), size) for f in files]
   description = {"folders": [str(f) for f in folders], "images": len(files), "size": size,
                  "default_set": include_default}
