@@ -50,9 +50,7 @@ def worker(args):
   content, style_img = nstjax.prepare_images(ROOT / "examples" / "tubingen.jpg",
                                              ROOT / "examples" / "starry_night.jpg", cfg)
   prepared = nstjax.vgg.prepare(net, optim.all_layers(cfg))
-  targets = optim.compute_targets(prepared, content, style_img, content_layers=cfg.content_layers,
-                                  style_layers=cfg.style_layers, pooling=cfg.pooling,
-                                  style_spec=cfg.style_spec())
+  targets = optim.make_targets(prepared, content, style_img, cfg)
   feats = optim._features(prepared, jnp.asarray(content), layers=cfg.style_layers, pooling=cfg.pooling)
   rep = style.REPRESENTATIONS[cfg.style_loss]
   term = jax.jit(jax.value_and_grad(

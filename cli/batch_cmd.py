@@ -85,7 +85,7 @@ def batch(
   from nstjax import jobs as njobs
   from nstjax.config import StyleConfig
   from nstjax.cli.main import _say as say
-  from nstjax.cli.main import _write_json
+  from nstjax.cli.main import _weights_record, _write_json
   started = time.time()
 
   sources = sum(x is not None for x in (jobs_file, contents, content))
@@ -131,8 +131,7 @@ def batch(
   _enable_compilation_cache()
   weights_path = registry.resolve(weights, notify=None if quiet else say)
   net, info = wformat.read(weights_path)
-  weights_record = {"name": info.get("source"), "sha256": info.get("source_sha256"),
-                    "path": str(weights_path)}
+  weights_record = _weights_record(info, weights_path, net)
 
   records, runnable = {}, []
   for job in mine:

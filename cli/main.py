@@ -141,6 +141,12 @@ class _Bar:
                          terms=self.last_terms or f"loss {p.loss:.3g}")
 
 
+def _weights_record(info: dict, path, net) -> dict:
+  """The provenance a summary and an image's metadata carry about the weights."""
+  return {"name": info.get("source"), "sha256": info.get("source_sha256"), "path": str(path),
+          "arch": net.arch, "preprocessing": net.preprocessing}
+
+
 def _intermediate_path(output: Path, iteration: int) -> Path:
   return output.with_name(f"{output.stem}_{iteration:05d}{output.suffix}")
 
@@ -220,9 +226,7 @@ def stylize(
   config.validate(net.arch)
   _enable_compilation_cache()
   content_img, style_img = nstjax.prepare_images(content_img, style_img, config)
-  weights_record = {"name": info.get("source"), "sha256": info.get("source_sha256"),
-                    "path": str(weights_path), "arch": net.arch,
-                    "preprocessing": net.preprocessing}
+  weights_record = _weights_record(info, weights_path, net)
   metadata = {"content": str(content), "style": str(style), "weights": weights_record,
               "config": {k: v for k, v in config.__dict__.items()}}
 

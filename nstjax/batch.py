@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nstjax import losses as nlosses
 from nstjax import optim, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NSTError
@@ -50,10 +49,6 @@ class BatchProgress:
 
 def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
-def _unstack(tree, n):
-  return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
 
 
 def group_key(config: StyleConfig, content: np.ndarray, style: np.ndarray, index: int = 0):
@@ -113,10 +108,7 @@ def run_group(net: vgg.VGGParams, contents: Sequence[np.ndarray], styles: Sequen
   targets, weights, states = [], [], []
   for c, s, cfg in zip(contents, styles, configs):
     c, s = jnp.asarray(c, jnp.float32), jnp.asarray(s, jnp.float32)
-    t = optim.compute_targets(prepared, c, s, content_layers=cfg.content_layers,
-                              style_layers=cfg.style_layers, pooling=cfg.pooling,
-                              style_spec=cfg.style_spec())
-    targets.append(t._replace(attention=optim.attention_targets(prepared, c, s, cfg)))
+    targets.append(optim.make_targets(prepared, c, s, cfg))
     weights.append(optim.make_weights(cfg, net.preprocessing, net.normalized))
     states.append(optim.init_state(optimizer, optim.initial_image(cfg, c, s)))
   # Pad to a multiple of the device count with copies of the last job (discarded).
@@ -134,19 +126,22 @@ def run_group(net: vgg.VGGParams, contents: Sequence[np.ndarray], styles: Sequen
   compile_seconds = time.perf_counter() - t0
 
   iterations = base.iterations
-  good = np.array(state.image)            # per job: last image whose loss was finite (a copy)
+  # Images are not donated, so the previous step's device array is the last image
+  # whose loss was checked; it reaches the host only for a job that fails.
+  previous = state.image
+  good = {}                               # failed job -> its last image with a finite loss
   failed_at = np.full((n + pad,), -1)
   t_loop = time.perf_counter()
   for it in range(1, iterations + 1):
     new_state, metrics = compiled(prepared, state.image, state.opt_state, state.evaluations,
                                   targets, weights)
     losses = np.asarray(metrics["loss"])
-    finite = np.isfinite(losses)
-    newly = (~finite) & (failed_at < 0)
-    failed_at[newly] = it - 1
-    ok = failed_at < 0
-    good[ok] = np.asarray(state.image)[ok]
-    state = new_state
+    newly = ~np.isfinite(losses) & (failed_at < 0)
+    if newly.any():
+      host = np.asarray(previous)
+      good.update({int(i): host[i] for i in np.flatnonzero(newly)})
+      failed_at[newly] = it - 1
+    previous, state = state.image, new_state
     if callback is not None:
       callback(it, losses[:n], time.perf_counter() - t_loop)
     if not np.any(failed_at[:n] < 0):
@@ -155,17 +150,17 @@ def run_group(net: vgg.VGGParams, contents: Sequence[np.ndarray], styles: Sequen
   sharding = {"spec": str(state.image.sharding.spec),
               "devices_used": len(state.image.sharding.device_set)}
   final = np.asarray(state.image)
+  last_checked = np.asarray(previous)
   final_terms = terms_fn(prepared, state.image, targets, weights)
   evaluations = np.asarray(state.evaluations)
   results = []
   for i in range(n):
-    pick = lambda tree: {k: float(v[i]) for k, v in tree.items()}
-    w = _unstack(weights, n + pad)[i]
-    init_losses, final_losses = pick(initial), pick(final_terms)
-    init_losses["total"] = float(nlosses.total(_unstack(initial, n + pad)[i], w))
-    final_losses["total"] = float(nlosses.total(_unstack(final_terms, n + pad)[i], w))
+    row = lambda tree: jax.tree.map(lambda x: x[i], tree)
+    w = row(weights)
+    init_losses = optim._floats(row(initial), w)
+    final_losses = optim._floats(row(final_terms), w)
     status = "done" if failed_at[i] < 0 and np.isfinite(final_losses["total"]) else "non-finite"
-    image = final[i] if status == "done" else good[i]
+    image = final[i] if status == "done" else good.get(i, last_checked[i])
     results.append({
         "image": np.clip(image, 0.0, 1.0), "status": status,
         "summary": {

@@ -103,6 +103,15 @@ def compute_targets(net: vgg.VGGParams, content: Array, style: Array, *,
                                                    style_spec or nstyle.StyleSpec()))
 
 
+def make_targets(net: vgg.VGGParams, content: Array, style: Array,
+                 config: StyleConfig) -> losses.Targets:
+  """Every target of ``config``'s objective: content features, style targets, attention SA."""
+  targets = compute_targets(net, content, style, content_layers=config.content_layers,
+                            style_layers=config.style_layers, pooling=config.pooling,
+                            style_spec=config.style_spec())
+  return targets._replace(attention=attention_targets(net, content, style, config))
+
+
 def make_weights(config: StyleConfig, preprocessing: str, normalized: bool = False) -> losses.Weights:
   w = config.loss_weights(preprocessing, normalized)
   cw, sw = config.layer_weights()
@@ -314,10 +323,7 @@ def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConf
   net = vgg.prepare(net, layers)
   optimizer, _, terms_fn = _programs(_static_key(config))
   weights = make_weights(config, net.preprocessing, net.normalized)
-  targets = compute_targets(net, content, style, content_layers=config.content_layers,
-                            style_layers=config.style_layers, pooling=config.pooling,
-                            style_spec=config.style_spec())
-  targets = targets._replace(attention=attention_targets(net, content, style, config))
+  targets = make_targets(net, content, style, config)
   state = init_state(optimizer, initial_image(config, content, style))
   kw = dict(net=net, targets=targets, weights=weights)
   initial = _floats(terms_fn(state.image, **kw), weights)

@@ -175,3 +175,20 @@ def test_job_lists(tmp_path, image_files):
   parsed = jobs.read_manifest(tmp_path / "j.jsonl")
   assert parsed[0]["overrides"] == {"seed": 3} and parsed[0]["content"] == str(tmp_path / "a.png")
   assert parsed[1]["error"].startswith("line 2")
+
+
+def test_non_finite_job_fails_alone_and_keeps_a_finite_image(tiny_net):
+  contents, styles, configs = _jobs(2)
+  configs = [dataclasses.replace(c, optimizer="adam", iterations=6) for c in configs]
+  configs[1] = dataclasses.replace(configs[1], lr=1e30)          # diverges
+  bad_alone = None
+  try:
+    nstjax.stylize_result(contents[1], styles[1], configs[1], net=tiny_net)
+  except nstjax.NonFiniteLoss as e:
+    bad_alone = e.image
+  results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
+  assert results[0]["status"] == "done"
+  assert results[1]["status"] == "non-finite"
+  assert np.all(np.isfinite(results[1]["image"]))
+  # The same last finite image as the job run alone.
+  np.testing.assert_allclose(results[1]["image"], bad_alone, atol=1e-6)
