@@ -11,6 +11,9 @@ from typing import Optional
 
 import typer
 
+from nstjax.cli.common import (EXIT_INTERRUPTED, PRESET_OPTION, WEIGHTS_OPTION, apply_preset,
+                               enable_compilation_cache, load_net, say)
+from nstjax.cli.options import config_options, explicit
 from nstjax.errors import NSTError
 
 
@@ -50,29 +53,18 @@ def contact_sheet(path: Path, entries, thumb=192):
   save_image(np.asarray(sheet, np.float32) / 255.0, path)
 
 
+@config_options
 def batch(
-    jobs_file: Optional[Path] = typer.Argument(None, help="Manifest: JSONL or CSV with content, style and optional per-job fields."),
+    ctx: typer.Context,
+    jobs_file: Optional[Path] = typer.Argument(None, help="Manifest: JSONL or CSV with content, style and optional per-job fields (any stylize option)."),
     outdir: Path = typer.Option(..., "-o", "--outdir", help="Folder for <job>.png, <job>.json and batch_summary.json."),
     contents: Optional[Path] = typer.Option(None, help="Folder of content images (with --styles: every pair)."),
     styles: Optional[Path] = typer.Option(None, help="Folder of style images."),
     content: Optional[Path] = typer.Option(None, help="One content image (with --style and --sweep)."),
     style: Optional[Path] = typer.Option(None, help="One style image."),
     sweep: list[str] = typer.Option([], help="NAME=V1,V2,... grid over one pair (repeatable), e.g. style-weight=1e-4,1e-3."),
-    size: int = typer.Option(512, help="Long side in pixels (a job may override)."),
-    iterations: int = typer.Option(500, help="Optimiser steps."),
-    optimizer: str = typer.Option("lbfgs", help="lbfgs or adam."),
-    lr: Optional[float] = typer.Option(None, help="Adam's learning rate; for L-BFGS a fixed step."),
-    lbfgs_memory: int = typer.Option(100, help="L-BFGS history size."),
-    content_weight: Optional[float] = typer.Option(None, help="α (default per weights)."),
-    style_weight: Optional[float] = typer.Option(None, help="β (default per weights)."),
-    tv_weight: Optional[float] = typer.Option(None, help="TV weight."),
-    pooling: str = typer.Option("avg", help="avg or max."),
-    init: str = typer.Option("content", help="content, noise or style."),
-    seed: int = typer.Option(0, help="Seed for --init noise (a job may override)."),
-    style_loss: str = typer.Option("gram", help="gram, pca, pca-paper, svd or weighted."),
-    attention_weight: float = typer.Option(0.0, help="γ of the attention loss."),
-    attention_layers: str = typer.Option("relu4_1", help="Attention layers."),
-    weights: Optional[str] = typer.Option(None, help="Weights (as for stylize)."),
+    preset: Optional[str] = PRESET_OPTION,
+    weights: Optional[str] = WEIGHTS_OPTION,
     overwrite: bool = typer.Option(False, help="Run jobs whose output exists (default: skip them)."),
     contact_sheet_path: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also draw a labelled grid of the results."),
     distributed: bool = typer.Option(False, help="Initialise jax.distributed; each process takes its share of the jobs."),
@@ -80,12 +72,15 @@ def batch(
     num_processes: Optional[int] = typer.Option(None, help="Process count (else environment)."),
     process_id: Optional[int] = typer.Option(None, help="This process's index (else environment)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+    config_values: dict = None,
 ):
-  """Stylise many jobs: same-shape jobs run as one compiled, device-sharded program."""
+  """Stylise many jobs: same-shape jobs run as one compiled, device-sharded program.
+
+  Every stylize option sets the jobs' base configuration; a manifest column or
+  --sweep of the same name overrides it per job.
+  """
   from nstjax import jobs as njobs
   from nstjax.config import StyleConfig
-  from nstjax.cli.main import _say as say
-  from nstjax.cli.main import _weights_record, _write_json
   started = time.time()
 
   sources = sum(x is not None for x in (jobs_file, contents, content))
@@ -106,6 +101,8 @@ def batch(
     dup = next(n for n in names if names.count(n) > 1)
     raise NSTError(f"two jobs are both named {dup!r}; give them distinct 'name' fields")
 
+  base = StyleConfig(**config_values)
+  base.validate()
   outdir.mkdir(parents=True, exist_ok=True)
   if not os.access(outdir, os.W_OK):
     raise NSTError(f"output folder {outdir} is not writable")
@@ -114,24 +111,14 @@ def batch(
     pid, nproc = _init_distributed(coordinator, num_processes, process_id)
   mine = job_list[pid::nproc]
 
-  base = StyleConfig(size=size, iterations=iterations, optimizer=optimizer, lr=lr,
-                     lbfgs_memory=lbfgs_memory, content_weight=content_weight,
-                     style_weight=style_weight, tv_weight=tv_weight, pooling=pooling, init=init,
-                     seed=seed, style_loss=style_loss, attention_weight=attention_weight,
-                     attention_layers=tuple(x.strip() for x in attention_layers.split(",") if x.strip()))
-  base.validate()
-
   import nstjax
-  from nstjax import batch as nbatch
+  from nstjax import files
   from nstjax import image as nimage
-  from nstjax.weights import format as wformat
-  from nstjax.weights import registry
 
-  from nstjax.cli.main import _enable_compilation_cache
-  _enable_compilation_cache()
-  weights_path = registry.resolve(weights, notify=None if quiet else say)
-  net, info = wformat.read(weights_path)
-  weights_record = _weights_record(info, weights_path, net)
+  enable_compilation_cache()
+  net, weights_record = load_net(weights, quiet)
+  if preset is not None:
+    base = apply_preset(preset, base, net, explicit(ctx))
 
   records, runnable = {}, []
   for job in mine:
@@ -146,53 +133,58 @@ def batch(
       rec.update(status="skipped", reason="output exists (use --overwrite)")
       continue
     try:
-      cfg = dataclasses.replace(base, **job["overrides"]).validate(net.arch)
-      c_img, s_img = nstjax.prepare_images(nimage.load_image(job["content"]),
-                                           nimage.load_image(job["style"]), cfg)
-      nstjax.optim.check_image_sizes(cfg, c_img, s_img)
+      cfg = dataclasses.replace(base, **job["overrides"])
     except NSTError as e:
       rec.update(status="failed", reason=str(e))
       continue
-    runnable.append((job, c_img, s_img, cfg))
+    runnable.append((job, cfg))
 
-  groups: dict = {}
-  for k, item in enumerate(runnable):
-    groups.setdefault(nbatch.group_key(item[3], item[1], item[2], k), []).append(item)
+  def write(i, result):
+    """Writes one job's files as soon as the library hands over its result."""
+    job, cfg = runnable[i]
+    rec = records[job["name"]]
+    rec.update(status="done" if result.status == "done" else "failed", reason=result.reason)
+    if result.image is None:
+      return
+    if result.status == "interrupted":   # not finished: kept under another name, rerun on resume
+      rec.update(status="interrupted", output=str(outdir / f"{job['name']}.interrupted.png"))
+    metadata = {"content": job["content"], "style": job["style"], "weights": weights_record,
+                "config": dataclasses.asdict(cfg)}
+    nimage.save_image(result.image, rec["output"], metadata=metadata)
+    files.write_json(outdir / f"{job['name']}.json",
+                     dict(result.summary, weights=weights_record, content=job["content"],
+                          style=job["style"], output=rec["output"], name=job["name"]))
+    rec.update(losses=result.summary["losses"], evaluations=result.summary["evaluations"])
+
   t_start = time.perf_counter()
-  done_jobs = 0
-  for g, items in enumerate(groups.values(), 1):
-    def progress(it, losses, elapsed, g=g, items=items):
-      if not quiet and (it % max(1, items[0][3].iterations // 5) == 0 or it == items[0][3].iterations):
-        say(f"group {g}/{len(groups)} ({len(items)} jobs, {done_jobs} of {len(runnable)} done before it): "
-            f"iteration {it}/{items[0][3].iterations}, {it / max(elapsed, 1e-9):.2f} it/s, "
-            f"losses {', '.join(f'{l:.3g}' for l in losses)}")
-    results = nbatch.run_group(net, [i[1] for i in items], [i[2] for i in items],
-                               [i[3] for i in items], callback=progress)
-    for (job, _, _, cfg), r in zip(items, results):
-      rec = records[job["name"]]
-      metadata = {"content": job["content"], "style": job["style"], "weights": weights_record,
-                  "config": dataclasses.asdict(cfg)}
-      nimage.save_image(r["image"], rec["output"], metadata=metadata)
-      summary = dict(r["summary"], weights=weights_record, content=job["content"],
-                     style=job["style"], output=rec["output"], name=job["name"])
-      _write_json(outdir / f"{job['name']}.json", summary)
-      rec.update(status="done" if r["status"] == "done" else "failed",
-                 reason=None if r["status"] == "done" else "loss became non-finite; last finite image written",
-                 losses=r["summary"]["losses"], evaluations=r["summary"]["evaluations"])
-    done_jobs += len(items)
+
+  def progress(p):
+    if not quiet and (p.iteration % max(1, p.iterations // 5) == 0 or p.iteration == p.iterations):
+      say(f"group {p.group + 1}/{p.groups} ({p.jobs} jobs): iteration {p.iteration}/{p.iterations}, "
+          f"{p.iteration / max(p.elapsed, 1e-9):.2f} it/s, "
+          f"losses {', '.join(f'{l:.3g}' for l in p.losses)}")
+
+  interrupted = False
+  try:
+    nstjax.stylize_batch(net, [j["content"] for j, _ in runnable], [j["style"] for j, _ in runnable],
+                         [cfg for _, cfg in runnable], callback=progress, on_result=write)
+  except KeyboardInterrupt:
+    interrupted = True
+  interrupted = interrupted or any(r.get("status") == "interrupted" for r in records.values())
   seconds = time.perf_counter() - t_start
 
   part = {"process": pid, "processes": nproc, "seconds": round(seconds, 3),
           "jobs": list(records.values())}
-  _write_json(outdir / f"batch_summary.process{pid}.json", part)
+  files.write_json(outdir / f"batch_summary.process{pid}.json", part)
   if pid == 0:
     parts = [part] if nproc == 1 else _gather_parts(outdir, nproc, started)
     all_jobs = [j for p in parts for j in p["jobs"]]
-    counts = {s: sum(j["status"] == s for j in all_jobs) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(j.get("status") == s for j in all_jobs)
+              for s in ("done", "skipped", "failed", "interrupted")}
     summary = {"jobs": sorted(all_jobs, key=lambda j: j["name"]), "counts": counts,
                "processes": nproc, "seconds": max(p["seconds"] for p in parts),
                "weights": weights_record, "config": dataclasses.asdict(base)}
-    _write_json(outdir / "batch_summary.json", summary)
+    files.write_json(outdir / "batch_summary.json", summary)
     if contact_sheet_path is not None:
       entries = [(f"{j['name']} [{j['status']}]", j["output"]) for j in summary["jobs"]]
       contact_sheet(contact_sheet_path, entries)
@@ -202,8 +194,12 @@ def batch(
           f"({seconds:.1f} s); summary in {outdir / 'batch_summary.json'}")
     for j in failed:
       say(f"job {j['name']} failed: {j['reason']}")
+    if interrupted:
+      raise typer.Exit(EXIT_INTERRUPTED)
     if failed:
       raise typer.Exit(1)
+  elif interrupted:
+    raise typer.Exit(EXIT_INTERRUPTED)
   elif any(j["status"] == "failed" for j in records.values()):
     raise typer.Exit(1)
 

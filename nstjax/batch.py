@@ -1,25 +1,28 @@
 """Batch stylisation: one compiled program per group of same-shape jobs, sharded
-over the local devices.
+over the local devices, each job isolated from the others' failures.
 
-Jobs whose images have the same shapes and whose configurations differ only in
-traced values (α, β, TV, γ, layer weights, init, seed) form a group. A group
-runs as one program: the jobs are split over the local devices with
-``jax.shard_map`` (a 1-D ``data`` mesh; the job count is padded to a multiple of
-the device count and the padding discarded), and on each device ``lax.map``
-steps the jobs one after another. Each job keeps its own optimiser state, its
-own L-BFGS line search, its own targets and weights.
+Every job goes through :func:`nstjax.pipeline.prepare` (load, resize,
+validate, size checks, targets); a job that fails there gets a ``"failed"``
+:class:`~nstjax.pipeline.Result` with its reason and the others go on. Jobs
+whose static configuration (:meth:`~nstjax.config.StyleConfig.static_key`),
+step count and argument shapes agree form a group, run as one program: the
+jobs are split over the devices with ``jax.shard_map`` (a 1-D ``data`` mesh;
+the job count is padded to a multiple of the device count and the padding
+discarded), and on each device ``lax.map`` steps the jobs one after another.
+Each job keeps its own optimiser state, L-BFGS line search, targets and
+weights; a job whose loss becomes NaN stops there and keeps its last finite
+image (``"non-finite"``) while the others go on.
 
 Why ``lax.map`` and not ``vmap``: under ``vmap`` optax's zoom line search turns
 every ``lax.cond`` into a ``select`` that runs both branches, measured 5–10×
-slower than solving the jobs one after another (anchors-jax §1.3c–1.4); a
-sequential map per device keeps each job's control flow and still shares one
-compilation, one weights load and the targets' programs.
+slower than solving the jobs one after another; a sequential map per device
+keeps each job's control flow and still shares one compilation, one weights
+load and the targets' programs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Callable, Sequence
 
@@ -28,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nstjax import optim, vgg
+from nstjax import objective, optim, programs, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NSTError
+from nstjax.pipeline import Prepared, Result, loss_floats, prepare, start_state, summarise
 
 Array = jax.Array
 
@@ -51,169 +55,196 @@ def _stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def group_key(config: StyleConfig, content: np.ndarray, style: np.ndarray, index: int = 0):
-  """Jobs with equal keys run as one program.
-
-  The iteration count is part of the key (a group runs one loop). ``pca`` with
-  an explained-variance k picks k from each style image, so such jobs' targets
-  may differ in shape: each runs alone (``index``).
-  """
-  alone = (config.style_loss in ("pca", "pca-paper") and str(config.pca_k).startswith("var="))
-  return (optim._static_key(config), config.iterations, content.shape, style.shape,
-          index if alone else None)
+def group_key(p: Prepared):
+  """Jobs with equal keys run as one program: static config, step count, argument shapes."""
+  shapes = programs.signature((p.content, p.targets, p.weights))
+  return (p.config.static_key(), p.config.iterations, shapes)
 
 
-@functools.lru_cache(maxsize=8)
-def _batch_program(config_key: StyleConfig, devices: tuple):
-  optimizer, step, terms = optim._programs(config_key)
-  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+def _batch_step(static_key, mesh):
+  step = optim.make_step(static_key)
 
   def per_device(net, images, opt_states, evaluations, targets, weights):
-    def one(args):
-      return step.fn(net, *args)
-    return jax.lax.map(one, (images, opt_states, evaluations, targets, weights))
+    return jax.lax.map(lambda args: step(net, *args),
+                       (images, opt_states, evaluations, targets, weights))
 
   # check_vma=False: value_and_grad_from_state's lax.cond mixes replicated and
   # per-device values (anchors-jax §1.3e).
-  sharded = jax.shard_map(per_device, mesh=mesh,
-                          in_specs=(P(), P("data"), P("data"), P("data"), P("data"), P("data")),
-                          out_specs=(P("data"), P("data")), check_vma=False)
-  return optimizer, jax.jit(sharded, donate_argnums=(2,)), jax.jit(jax.vmap(
-      lambda net, image, targets, weights: terms(image, net=net, targets=targets, weights=weights),
-      in_axes=(None, 0, 0, 0))), mesh
+  return jax.shard_map(per_device, mesh=mesh,
+                       in_specs=(P(), P("data"), P("data"), P("data"), P("data"), P("data")),
+                       out_specs=(P("data"), P("data")), check_vma=False)
 
 
-def run_group(net: vgg.VGGParams, contents: Sequence[np.ndarray], styles: Sequence[np.ndarray],
-              configs: Sequence[StyleConfig], *, devices=None,
-              callback: Callable[[int, np.ndarray, float], None] | None = None):
-  """Optimises one group of same-shape jobs together.
+def _batch_terms(static_key):
+  terms = objective.make_terms_fn(static_key)
+  return jax.vmap(lambda image, net, targets, weights: terms(image, net=net, targets=targets,
+                                                             weights=weights),
+                  in_axes=(0, None, 0, 0))
+
+
+def run_group(jobs: Sequence[Prepared], *, devices=None,
+              callback: Callable[[int, np.ndarray, float], None] | None = None) -> list[Result]:
+  """Optimises one group of prepared jobs (equal :func:`group_key`) together.
 
   Args:
-    net: the (unprepared) network.
-    contents, styles: per-job images at their working sizes (same shapes across jobs).
-    configs: per-job configurations with equal :func:`group_key`.
+    jobs: from :func:`nstjax.pipeline.prepare`, sharing one prepared network.
     devices: devices to shard over (default: ``jax.local_devices()``).
     callback: ``callback(iteration, losses (jobs,), elapsed)`` after every step.
 
   Returns:
-    A list of per-job dicts: ``image`` (H, W, 3) in [0, 1], ``status``
-    (``"done"`` or ``"non-finite"``), ``summary`` (the core summary's fields).
+    One :class:`~nstjax.pipeline.Result` per job, status ``"done"``,
+    ``"non-finite"`` (last finite image kept) or ``"interrupted"`` (Ctrl-C).
   """
-  n = len(configs)
-  base = configs[0]
+  n = len(jobs)
+  base = jobs[0]
+  key = base.config.static_key()
   devices = tuple(devices if devices is not None else jax.local_devices())
-  optimizer, program, terms_fn, mesh = _batch_program(optim._static_key(base), devices)
-  layers = optim.all_layers(base)
-  prepared = vgg.prepare(net, layers)
-  targets, weights, states = [], [], []
-  for c, s, cfg in zip(contents, styles, configs):
-    c, s = jnp.asarray(c, jnp.float32), jnp.asarray(s, jnp.float32)
-    targets.append(optim.make_targets(prepared, c, s, cfg))
-    weights.append(optim.make_weights(cfg, net.preprocessing, net.normalized))
-    states.append(optim.init_state(optimizer, optim.initial_image(cfg, c, s)))
+  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  states = [start_state(p) for p in jobs]
   # Pad to a multiple of the device count with copies of the last job (discarded).
   pad = (-n) % len(devices)
-  targets, weights, states = (xs + [xs[-1]] * pad for xs in (targets, weights, states))
+  padded = list(jobs) + [jobs[-1]] * pad
+  states += [states[-1]] * pad
   shard = NamedSharding(mesh, P("data"))
-  put = lambda tree: jax.device_put(_stack(tree), shard)
-  targets, weights, state = put(targets), put(weights), put(states)
-  state = jax.tree.map(jnp.copy, state)   # the donated opt_state must not alias the images
-  initial = terms_fn(prepared, state.image, targets, weights)
+  put = lambda trees: jax.device_put(_stack(trees), shard)
+  targets, weights = put([p.targets for p in padded]), put([p.weights for p in padded])
+  state = jax.tree.map(jnp.copy, put(states))   # the donated opt_state must not alias the images
+  net = base.net
+  terms_fn, terms_seconds = programs.compiled(
+      "batch-terms", key, lambda: _batch_terms(key), (state.image, net, targets, weights),
+      devices=devices)
+  initial = terms_fn(state.image, net, targets, weights)
+  args = (net, state.image, state.opt_state, state.evaluations, targets, weights)
+  step, compile_seconds = programs.compiled("batch-step", key, lambda: _batch_step(key, mesh),
+                                            args, devices=devices, donate_argnums=(2,))
 
-  t0 = time.perf_counter()
-  compiled = program.lower(prepared, state.image, state.opt_state, state.evaluations,
-                           targets, weights).compile()
-  compile_seconds = time.perf_counter() - t0
-
-  iterations = base.iterations
+  iterations = base.config.iterations
   # Images are not donated, so the previous step's device array is the last image
   # whose loss was checked; it reaches the host only for a job that fails.
   previous = state.image
   good = {}                               # failed job -> its last image with a finite loss
   failed_at = np.full((n + pad,), -1)
+  status, done = "done", 0
   t_loop = time.perf_counter()
-  for it in range(1, iterations + 1):
-    new_state, metrics = compiled(prepared, state.image, state.opt_state, state.evaluations,
-                                  targets, weights)
-    losses = np.asarray(metrics["loss"])
-    newly = ~np.isfinite(losses) & (failed_at < 0)
-    if newly.any():
-      host = np.asarray(previous)
-      good.update({int(i): host[i] for i in np.flatnonzero(newly)})
-      failed_at[newly] = it - 1
-    previous, state = state.image, new_state
-    if callback is not None:
-      callback(it, losses[:n], time.perf_counter() - t_loop)
-    if not np.any(failed_at[:n] < 0):
-      break
+  try:
+    for it in range(1, iterations + 1):
+      new_state, metrics = step(net, state.image, state.opt_state, state.evaluations,
+                                targets, weights)
+      losses = np.asarray(metrics["loss"])
+      newly = ~np.isfinite(losses) & (failed_at < 0)
+      if newly.any():
+        host = np.asarray(previous)
+        good.update({int(i): host[i] for i in np.flatnonzero(newly)})
+        failed_at[newly] = it - 1
+      previous, state, done = state.image, optim.State(*new_state), it
+      if callback is not None:
+        callback(it, losses[:n], time.perf_counter() - t_loop)
+      if not np.any(failed_at[:n] < 0):
+        break
+  except KeyboardInterrupt:
+    status = "interrupted"
   seconds = time.perf_counter() - t_loop
   sharding = {"spec": str(state.image.sharding.spec),
               "devices_used": len(state.image.sharding.device_set)}
   final = np.asarray(state.image)
   last_checked = np.asarray(previous)
-  final_terms = terms_fn(prepared, state.image, targets, weights)
+  final_terms = terms_fn(state.image, net, targets, weights)
   evaluations = np.asarray(state.evaluations)
   results = []
-  for i in range(n):
+  for i, p in enumerate(jobs):
     row = lambda tree: jax.tree.map(lambda x: x[i], tree)
     w = row(weights)
-    init_losses = optim._floats(row(initial), w)
-    final_losses = optim._floats(row(final_terms), w)
-    status = "done" if failed_at[i] < 0 and np.isfinite(final_losses["total"]) else "non-finite"
-    image = final[i] if status == "done" else good.get(i, last_checked[i])
-    results.append({
-        "image": np.clip(image, 0.0, 1.0), "status": status,
-        "summary": {
-            "status": status, "iterations": iterations if failed_at[i] < 0 else int(failed_at[i]),
-            "evaluations": int(evaluations[i]), "seconds": round(seconds, 4),
-            "seconds_note": "wall time of the whole group's loop (jobs run together)",
-            "compile_seconds": round(compile_seconds, 4), "initial_losses": init_losses,
-            "losses": final_losses,
-            "loss_weights": configs[i].loss_weights(net.preprocessing, net.normalized),
-            "height": int(final.shape[1]), "width": int(final.shape[2]),
-            "device": f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()})",
-            "batch": {"group_size": n, "padded_to": n + pad, "devices": len(devices), **sharding},
-            "config": dataclasses.asdict(configs[i])}})
+    final_losses = loss_floats(row(final_terms), w)
+    job_status = status
+    if failed_at[i] >= 0 or not np.isfinite(final_losses["total"]):
+      job_status = "non-finite"
+    image = final[i] if job_status != "non-finite" else good.get(i, last_checked[i])
+    summary = summarise(
+        p, status=job_status, iterations=done if failed_at[i] < 0 else int(failed_at[i]),
+        evaluations=int(evaluations[i]), seconds=seconds,
+        compile_seconds=compile_seconds + terms_seconds,
+        initial=loss_floats(row(initial), w), final=final_losses, devices=devices,
+        seconds_note="wall time of the whole group's loop (jobs run together)",
+        batch={"group_size": n, "padded_to": n + pad, "devices": len(devices), **sharding})
+    results.append(Result(
+        image=np.clip(image, 0.0, 1.0), status=job_status, summary=summary,
+        state=row(state) if job_status != "non-finite" else None,
+        reason="the loss became non-finite; the last finite image is kept"
+        if job_status == "non-finite" else None))
   return results
 
 
+def failed(config, reason: str) -> Result:
+  """The result of a job that could not run."""
+  return Result(image=None, status="failed", reason=reason,
+                summary={"status": "failed", "reason": reason,
+                         "config": dataclasses.asdict(config) if config is not None else None})
+
+
 def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None,
-                  callback: Callable[[BatchProgress], None] | None = None):
+                  callback: Callable[[BatchProgress], None] | None = None,
+                  on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
   """Stylises many (content, style, config) jobs; groups of same-shape jobs run together.
 
   Args:
     net: weights (:func:`nstjax.load_weights`).
-    contents, styles: per-job file paths or (H, W, 3) arrays in [0, 1].
-    configs: one :class:`StyleConfig` per job, or one for all.
+    contents, styles: per-job file paths, PIL images or (H, W, 3) arrays.
+    configs: one :class:`~nstjax.config.StyleConfig` per job, or one for all.
     devices: devices to shard each group over (default: all local devices).
     callback: receives a :class:`BatchProgress` after every step.
+    on_result: ``on_result(job index, result)`` as soon as a job has its result
+      (failed jobs first, then group by group), so a long batch can write its
+      outputs as they finish.
 
   Returns:
-    Per-job results in input order: dicts with ``image``, ``status``, ``summary``.
+    One :class:`~nstjax.pipeline.Result` per job, in input order. A job that
+    cannot run (a missing image, an invalid value, an image too small for its
+    layers) is ``"failed"`` with its ``reason``; the others run. Ctrl-C ends
+    the batch: the running group's jobs are ``"interrupted"`` (current image),
+    jobs not started are ``"interrupted"`` with no image.
   """
-  import nstjax
   if isinstance(configs, StyleConfig):
     configs = [configs] * len(contents)
   if not (len(contents) == len(styles) == len(configs)):
     raise NSTError(f"{len(contents)} contents, {len(styles)} styles and {len(configs)} configs")
-  prepared = []
-  for c, s, cfg in zip(contents, styles, configs):
-    cfg.validate(net.arch)
-    ci, si = nstjax.prepare_images(c, s, cfg)
-    optim.check_image_sizes(cfg, ci, si)
-    prepared.append((ci, si, cfg))
+  out: list[Result | None] = [None] * len(configs)
+
+  def deliver(i, result):
+    out[i] = result
+    if on_result is not None:
+      on_result(i, result)
+
+  networks, prepared = {}, {}
+  for i, (c, s, cfg) in enumerate(zip(contents, styles, configs)):
+    try:
+      if not isinstance(cfg, StyleConfig):
+        raise NSTError(f"job {i}: config must be a StyleConfig, got {type(cfg).__name__}")
+      cfg.validate(net.arch)
+      layers = objective.network_layers(cfg)
+      if layers not in networks:
+        networks[layers] = vgg.prepare(net, layers)
+      prepared[i] = prepare(net, c, s, cfg, network=networks[layers])
+    except NSTError as e:
+      deliver(i, failed(cfg if isinstance(cfg, StyleConfig) else None, str(e)))
   groups: dict = {}
-  for i, (ci, si, cfg) in enumerate(prepared):
-    groups.setdefault(group_key(cfg, ci, si, i), []).append(i)
-  out = [None] * len(prepared)
+  for i, p in prepared.items():
+    groups.setdefault(group_key(p), []).append(i)
+  interrupted = False
   for g, idx in enumerate(groups.values()):
+    if interrupted:
+      for i in idx:
+        deliver(i, Result(image=None, status="interrupted", reason="not started (interrupted)",
+                          summary={"status": "interrupted", "reason": "not started (interrupted)",
+                                   "config": dataclasses.asdict(configs[i])}))
+      continue
+
     def cb(it, losses, elapsed, g=g, idx=idx):
       if callback is not None:
         callback(BatchProgress(group=g, groups=len(groups), iteration=it,
-                               iterations=prepared[idx[0]][2].iterations, jobs=len(idx),
+                               iterations=prepared[idx[0]].config.iterations, jobs=len(idx),
                                losses=losses, elapsed=elapsed))
-    results = run_group(net, [prepared[i][0] for i in idx], [prepared[i][1] for i in idx],
-                        [prepared[i][2] for i in idx], devices=devices, callback=cb)
+    results = run_group([prepared[i] for i in idx], devices=devices, callback=cb)
     for i, r in zip(idx, results):
-      out[i] = r
+      interrupted = interrupted or r.status == "interrupted"
+      deliver(i, r)
   return out

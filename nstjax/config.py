@@ -1,17 +1,43 @@
-"""The one configuration object and the single source of its defaults."""
+"""The one configuration object, whose fields declare themselves.
+
+Every field of :class:`StyleConfig` carries its own declaration (``option``):
+its default, its help text, how it is read from a string (the command line, a
+CSV manifest) and, above all, its **kind**:
+
+* ``static``: changes the compiled step (layers, pooling, optimiser, style
+  representation, ...). Runs that differ in a static field compile separately.
+* ``traced``: reaches the compiled step as a runtime argument (loss weights,
+  per-layer weights, the start image's ``init``/``seed``). Changing it never
+  recompiles.
+* ``host``: used on the host before the step runs (working size, step count,
+  the target computations' settings). Image shapes enter the compiled step's
+  key through the arguments' shapes, never through the field.
+
+Everything that depends on that split is derived from these declarations: the
+compile key (:meth:`StyleConfig.static_key`), the per-job fields a batch
+manifest or ``--sweep`` accepts (:func:`per_job_fields`), the command-line
+options with their defaults and help (``nstjax.cli.options``) and the README's
+table (tested against this module).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Callable
 
-from nstjax import vgg
+from nstjax import objective, vgg
 from nstjax.errors import NSTError
+
+STATIC, TRACED, HOST = "static", "traced", "host"
+KINDS = (STATIC, TRACED, HOST)
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)   # the papers' "conv4_2": Caffe's blob after its in-place ReLU
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")
+STYLE_LOSSES = ("gram", "pca", "pca-paper", "svd", "weighted")
+ATTENTION_GRAMS = ("centered", "raw")
 
 # Default α (content), β (style) and TV weights for eqs. 1, 3 and 8 as written
 # (Gram normalisation 1/(4 N² (HW)²), style layers weighted 1/L). Features, and
@@ -29,24 +55,114 @@ INITS = ("content", "noise", "style")
 # that rule gave β ≈ 16 (Caffe) and 7.7 (torch), visibly lighter than the plain
 # default at 256 px; 100 and 50 (the same factor ~6) looked right.
 # README, "Choosing the loss weights", has the figures.
-DEFAULT_LOSS_WEIGHTS = {   # (preprocessing, filter-mean normalised) -> α, β, TV
-    ("caffe", False): {"content": 1.0, "style": 1e-3, "tv": 1e-1},
-    ("caffe", True): {"content": 1.0, "style": 100.0, "tv": 2e-6},
-    ("torch", False): {"content": 1.0, "style": 40.0, "tv": 6e-7},
-    ("torch", True): {"content": 1.0, "style": 50.0, "tv": 1e-6},
-}
+DEFAULT_LOSS_WEIGHTS = objective.DEFAULT_LOSS_WEIGHTS   # (preprocessing, normalised) -> α, β, TV
 ADAM_LR = 0.02   # in [0, 1] image units; crowsonkb/style-transfer-pytorch's default
+
+
+# --- readers: a field's value from a string (CLI, CSV) or a native value (JSON, Python) ---
+
+def _number(typ):
+  def read(value, name):
+    if isinstance(value, bool):
+      raise NSTError(f"{name} must be a number, got {value!r}")
+    if typ is int and isinstance(value, float):
+      if not value.is_integer():
+        raise NSTError(f"{name} must be an integer, got {value!r}")
+      return int(value)
+    if isinstance(value, (int, float)):
+      return typ(value)
+    if isinstance(value, str):
+      try:
+        return typ(float(value)) if typ is int else typ(value)
+      except (ValueError, OverflowError):
+        pass
+    raise NSTError(f"{name} must be {'an integer' if typ is int else 'a number'}, got {value!r}")
+  read.__name__ = typ.__name__
+  return read
+
+
+def _text(value, name):
+  if not isinstance(value, str):
+    raise NSTError(f"{name} must be a string, got {value!r}")
+  return value
+
+
+def _names(value, name):
+  """``"relu1_1,relu2_1"`` or a list -> ``("relu1_1", "relu2_1")``."""
+  if isinstance(value, str):
+    value = [s.strip() for s in value.split(",") if s.strip()]
+  if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+    raise NSTError(f"{name} must be comma-separated layer names, got {value!r}")
+  return tuple(value)
+
+
+def _numbers(value, name):
+  """``"0.2,0.8"`` or a list -> ``(0.2, 0.8)``."""
+  if isinstance(value, str):
+    value = [s for s in value.split(",") if s.strip()]
+  if not isinstance(value, (list, tuple)):
+    raise NSTError(f"{name} must be comma-separated numbers, got {value!r}")
+  return tuple(_number(float)(v, name) for v in value)
+
+
+def _int_pair(value, name):
+  """``"2048,4096"`` or a list -> ``(2048, 4096)``."""
+  if isinstance(value, str):
+    value = [s for s in value.split(",") if s.strip()]
+  if not isinstance(value, (list, tuple)) or len(value) != 2:
+    raise NSTError(f"{name} must be two comma-separated integers, got {value!r}")
+  return tuple(_number(int)(v, name) for v in value)
+
+
+def _k_spec(value, name):
+  """A PCA k: ``"64"``, ``0.25``, ``"var=0.95"`` -> its string form (checked by nstjax.style)."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return str(value)
+  return _text(value, name)
+
+
+def _optional(read):
+  def optional(value, name):
+    return None if value is None else read(value, name)
+  optional.__name__ = read.__name__
+  return optional
+
+
+def option(default, *, kind: str, help: str, read: Callable[[Any, str], Any], group: str,
+           choices: tuple[str, ...] | None = None, static_part: Callable[[Any], Any] | None = None):
+  """Declares one :class:`StyleConfig` field.
+
+  Args:
+    default: the field's default (the one source of it: the CLI reads it here).
+    kind: ``STATIC``, ``TRACED`` or ``HOST`` (module docstring).
+    help: one-line help for ``--help`` and the docs.
+    read: ``read(value, name)`` turns a string or native value into the
+      field's type, raising :class:`NSTError` with ``name`` in the message.
+    group: the ``--help`` panel the option appears in.
+    choices: the allowed values of an enumerated field.
+    static_part: for a traced field whose value also selects the program (γ = 0
+      builds no attention term), the part of the value that is static.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"unknown field kind {kind!r}")
+  return dataclasses.field(default=default, metadata={
+      "kind": kind, "help": help, "read": read, "group": group, "choices": choices,
+      "static_part": static_part})
+
+
+G_RUN, G_WEIGHTS, G_LAYERS, G_OPT, G_INIT, G_STYLE, G_ATTN = (
+    "Size and steps", "Loss weights", "Layers", "Optimiser", "Start image",
+    "Style representation", "Attention loss")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StyleConfig:
-  """Everything that defines one stylisation run.
+  """Everything that defines one stylisation run (see each field's declaration).
 
   Attributes:
     size: long side of the output in pixels (content resized, aspect kept);
       ``None`` keeps the content image's size.
-    style_scale: style image's long side as a multiple of ``size`` (1.0: the
-      same size, as the paper does).
+    style_scale: style image's long side as a multiple of ``size``.
     iterations: optimiser steps. An L-BFGS step may evaluate the loss several
       times (line search); the number of evaluations is reported separately.
     optimizer: ``"lbfgs"`` (optax L-BFGS with zoom line search) or ``"adam"``.
@@ -54,56 +170,123 @@ class StyleConfig:
       the line search; a number gives a fixed step of that size, no line search.
     lbfgs_memory: L-BFGS history size (curvature pairs kept).
     content_weight, style_weight, tv_weight: α, β and the TV weight;
-      ``None`` takes ``DEFAULT_LOSS_WEIGHTS`` for the weights' preprocessing.
+      ``None`` takes ``DEFAULT_LOSS_WEIGHTS`` for the weights' kind.
     content_layers, style_layers: layer names (``vgg.layer_names``).
     content_layer_weights, style_layer_weights: per-layer weights; ``None``
       gives 1/L each (the average, as Gatys et al.).
     pooling: ``"avg"`` (Gatys et al.) or ``"max"``.
     init: starting image: ``"content"``, ``"noise"`` (uniform, seeded) or ``"style"``.
     seed: random seed for ``init="noise"``.
-    style_loss: ``"gram"`` (Gatys) or a cheaper variant of
-      ``style-loss-pca-svd.md``: ``"pca"``, ``"pca-paper"``, ``"svd"``,
-      ``"weighted"`` (see :mod:`nstjax.style`).
-    pca_k, svd_threshold, svd_energy, channel_weights: the variants' parameters
-      (:class:`nstjax.style.StyleSpec`).
+    style_loss: ``"gram"`` or a cheaper representation (:mod:`nstjax.style`).
+    pca_k, svd_threshold, svd_energy, channel_weights: the representations'
+      parameters (:class:`nstjax.style.StyleSpec`).
     attention_weight: γ of eq. 8 (0: the plain Gatys objective, exactly).
-    attention_layers: layers of the attention-based style loss (the paper's
-      final choice "conv4_1" is Caffe's post-ReLU blob: ``relu4_1``).
-    attention_layer_weights: per-layer weights, default 1/L.
-    attention_gram: ``"centered"`` (eq. 7 as a covariance match, default) or
-      ``"raw"`` (G of F as it is; see :mod:`nstjax.attention`).
-    attention_temperature: softmax temperature (the paper: 1).
-    attention_memory: working-memory budget of the chunked softmax ("1GB").
-    attention_chunks: explicit (content chunk, style chunk) sizes instead.
+    attention_layers, attention_layer_weights, attention_gram,
+    attention_temperature, attention_memory, attention_chunks: the
+      attention-based style loss (:mod:`nstjax.attention`).
+
+  String values are read as the command line reads them, so
+  ``StyleConfig(style_layers="relu1_1,relu2_1")`` is a tuple of two layers.
   """
-  size: int | None = 512
-  style_scale: float = 1.0
-  iterations: int = 500
-  optimizer: str = "lbfgs"
-  lr: float | None = None
-  lbfgs_memory: int = 100
-  content_weight: float | None = None
-  style_weight: float | None = None
-  tv_weight: float | None = None
-  content_layers: tuple[str, ...] = CONTENT_LAYERS
-  style_layers: tuple[str, ...] = STYLE_LAYERS
-  content_layer_weights: tuple[float, ...] | None = None
-  style_layer_weights: tuple[float, ...] | None = None
-  pooling: str = "avg"
-  init: str = "content"
-  seed: int = 0
-  style_loss: str = "gram"
-  pca_k: str = "0.5"
-  svd_threshold: float = 1.0
-  svd_energy: float | None = None
-  channel_weights: str = "energy"
-  attention_weight: float = 0.0
-  attention_layers: tuple[str, ...] = ("relu4_1",)
-  attention_layer_weights: tuple[float, ...] | None = None
-  attention_gram: str = "centered"
-  attention_temperature: float = 1.0
-  attention_memory: str = "1GB"
-  attention_chunks: tuple[int, int] | None = None
+  size: int | None = option(512, kind=HOST, read=_optional(_number(int)), group=G_RUN,
+                            help="Long side of the output in pixels (aspect kept).")
+  style_scale: float = option(1.0, kind=HOST, read=_number(float), group=G_RUN,
+                              help="Style image's long side relative to --size.")
+  iterations: int = option(500, kind=HOST, read=_number(int), group=G_RUN,
+                           help="Optimiser steps (an L-BFGS step may evaluate the loss more than once).")
+  optimizer: str = option("lbfgs", kind=STATIC, read=_text, group=G_OPT, choices=OPTIMIZERS,
+                          help="optax L-BFGS with zoom line search, or Adam.")
+  lr: float | None = option(None, kind=STATIC, read=_optional(_number(float)), group=G_OPT,
+                            help=f"Adam's learning rate (default {ADAM_LR}); for L-BFGS a fixed step "
+                                 "instead of the line search.")
+  lbfgs_memory: int = option(100, kind=STATIC, read=_number(int), group=G_OPT,
+                             help="L-BFGS history size (curvature pairs kept).")
+  content_weight: float | None = option(None, kind=TRACED, read=_optional(_number(float)),
+                                        group=G_WEIGHTS,
+                                        help="α, the content weight (default depends on the weights).")
+  style_weight: float | None = option(None, kind=TRACED, read=_optional(_number(float)),
+                                      group=G_WEIGHTS,
+                                      help="β, the style weight (default depends on the weights).")
+  tv_weight: float | None = option(None, kind=TRACED, read=_optional(_number(float)),
+                                   group=G_WEIGHTS,
+                                   help="Total-variation weight (default depends on the weights).")
+  content_layers: tuple[str, ...] = option(CONTENT_LAYERS, kind=STATIC, read=_names, group=G_LAYERS,
+                                           help="Comma-separated content layers.")
+  style_layers: tuple[str, ...] = option(STYLE_LAYERS, kind=STATIC, read=_names, group=G_LAYERS,
+                                         help="Comma-separated style layers.")
+  content_layer_weights: tuple[float, ...] | None = option(
+      None, kind=TRACED, read=_optional(_numbers), group=G_LAYERS,
+      help="Comma-separated per-layer content weights (default 1/L each).")
+  style_layer_weights: tuple[float, ...] | None = option(
+      None, kind=TRACED, read=_optional(_numbers), group=G_LAYERS,
+      help="Comma-separated per-layer style weights (default 1/L each).")
+  pooling: str = option("avg", kind=STATIC, read=_text, group=G_LAYERS, choices=vgg.POOLINGS,
+                        help="Pooling between VGG blocks (Gatys: avg).")
+  init: str = option("content", kind=TRACED, read=_text, group=G_INIT, choices=INITS,
+                     help="Start image.")
+  seed: int = option(0, kind=TRACED, read=_number(int), group=G_INIT,
+                     help="Seed for --init noise.")
+  style_loss: str = option("gram", kind=STATIC, read=_text, group=G_STYLE, choices=STYLE_LOSSES,
+                           help="Style representation (README: cheaper style representations).")
+  pca_k: str = option("0.5", kind=HOST, read=_k_spec, group=G_STYLE,
+                      help="pca/pca-paper components per layer: a count (64), a fraction of C "
+                           "(0.25) or var=0.95.")
+  svd_threshold: float = option(1.0, kind=HOST, read=_number(float), group=G_STYLE,
+                                help="svd: drop singular values below this multiple of their mean "
+                                     "(0: keep all).")
+  svd_energy: float | None = option(None, kind=HOST, read=_optional(_number(float)), group=G_STYLE,
+                                    help="svd: instead keep the top singular values holding this "
+                                         "energy fraction.")
+  channel_weights: str = option("energy", kind=HOST, read=_text, group=G_STYLE,
+                                help="weighted: energy, uniform, or a JSON file mapping each layer to its channel weights.")
+  attention_weight: float = option(0.0, kind=TRACED, read=_number(float), group=G_ATTN,
+                                   static_part=bool,
+                                   help="γ, weight of the attention-based style loss (0: plain Gatys).")
+  attention_layers: tuple[str, ...] = option(("relu4_1",), kind=STATIC, read=_names, group=G_ATTN,
+                                             help="Comma-separated attention layers (the paper's "
+                                                  "conv4_1 = relu4_1).")
+  attention_layer_weights: tuple[float, ...] | None = option(
+      None, kind=TRACED, read=_optional(_numbers), group=G_ATTN,
+      help="Comma-separated per-layer attention weights (default 1/L each).")
+  attention_gram: str = option("centered", kind=STATIC, read=_text, group=G_ATTN,
+                               choices=ATTENTION_GRAMS,
+                               help="centered (covariance match) or raw (eq. 7 literally).")
+  attention_temperature: float = option(1.0, kind=HOST, read=_number(float), group=G_ATTN,
+                                        help="Softmax temperature (the paper: 1).")
+  attention_memory: str = option("1GB", kind=HOST, read=_text, group=G_ATTN,
+                                 help="Working-memory budget of the chunked attention softmax.")
+  attention_chunks: tuple[int, int] | None = option(
+      None, kind=HOST, read=_optional(_int_pair), group=G_ATTN,
+      help="Explicit chunk sizes CONTENT,STYLE instead of the budget.")
+
+  def __post_init__(self):
+    # Strings (and lists) are read as the command line reads them; wrong types
+    # are refused here, naming the field.
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      read = f.metadata["read"]
+      normal = read(value, f.name.replace("_", "-"))
+      if normal is not value:
+        object.__setattr__(self, f.name, normal)
+
+  # --- derived from the declarations --------------------------------------------
+
+  def static_key(self) -> "StyleConfig":
+    """This config with every non-static field reset: the compile key.
+
+    Two configs with equal keys run the same compiled step (given equal
+    argument shapes). A traced field's ``static_part`` is kept.
+    """
+    updates = {}
+    for f in dataclasses.fields(self):
+      if f.metadata["kind"] == STATIC:
+        continue
+      part = f.metadata["static_part"]
+      value = getattr(self, f.name)
+      # A traced field with a static part (γ > 0 builds the attention term) keeps
+      # a representative of it: 1.0 for "on".
+      updates[f.name] = 1.0 if part is not None and part(value) else f.default
+    return dataclasses.replace(self, **updates)
 
   def style_spec(self):
     """The style representation (:class:`nstjax.style.StyleSpec`) these fields describe."""
@@ -112,79 +295,77 @@ class StyleConfig:
                      svd_energy=self.svd_energy, channel_weights=self.channel_weights)
 
   def loss_weights(self, preprocessing: str, normalized: bool = False) -> dict[str, float]:
-    """α, β, TV weight with ``None`` filled from ``DEFAULT_LOSS_WEIGHTS``."""
-    base = DEFAULT_LOSS_WEIGHTS[(preprocessing, bool(normalized))]
-    return {"content": base["content"] if self.content_weight is None else self.content_weight,
-            "style": base["style"] if self.style_weight is None else self.style_weight,
-            "tv": base["tv"] if self.tv_weight is None else self.tv_weight}
-
-  def attention_layer_table(self) -> dict[str, float]:
-    """{attention layer: w} with 1/L defaults (empty when γ = 0)."""
-    if not self.attention_weight:
-      return {}
-    layers, given = self.attention_layers, self.attention_layer_weights
-    if given is None:
-      return {k: 1.0 / len(layers) for k in layers}
-    if len(given) != len(layers):
-      raise NSTError(f"{len(given)} attention layer weights for {len(layers)} attention layers")
-    return dict(zip(layers, (float(w) for w in given)))
-
-  def layer_weights(self):
-    """({content layer: w}, {style layer: w}) with 1/L defaults."""
-    def table(layers, given, what):
-      if given is None:
-        return {k: 1.0 / len(layers) for k in layers}
-      if len(given) != len(layers):
-        raise NSTError(f"{len(given)} {what} layer weights for {len(layers)} {what} layers")
-      return dict(zip(layers, (float(w) for w in given)))
-    return (table(self.content_layers, self.content_layer_weights, "content"),
-            table(self.style_layers, self.style_layer_weights, "style"))
+    """``{term: weight}`` of every active term (α, β, TV, γ), defaults filled in."""
+    return objective.loss_weights(self, preprocessing, normalized)
 
   def validate(self, arch: str = "vgg19") -> "StyleConfig":
     """Raises NSTError naming the first nonsensical value; returns self."""
     def finite_nonneg(name, v):
       if v is not None and (not math.isfinite(v) or v < 0):
         raise NSTError(f"{name} must be a finite number >= 0, got {v}")
+    for f in dataclasses.fields(self):
+      choices = f.metadata["choices"]
+      if choices and getattr(self, f.name) not in choices:
+        raise NSTError(f"unknown {f.name.replace('_', ' ')} {getattr(self, f.name)!r}; "
+                       f"expected one of {', '.join(choices)}")
     if self.size is not None and not (16 <= self.size <= 16384):
       raise NSTError(f"size must be between 16 and 16384 pixels, got {self.size}")
     if not (math.isfinite(self.style_scale) and 0 < self.style_scale <= 8):
       raise NSTError(f"style_scale must be in (0, 8], got {self.style_scale}")
     if self.iterations < 0:
       raise NSTError(f"iterations must be >= 0, got {self.iterations}")
-    if self.optimizer not in OPTIMIZERS:
-      raise NSTError(f"unknown optimizer {self.optimizer!r}; expected one of {OPTIMIZERS}")
     if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
       raise NSTError(f"lr must be a finite number > 0, got {self.lr}")
     if self.lbfgs_memory < 1:
       raise NSTError(f"lbfgs_memory must be >= 1, got {self.lbfgs_memory}")
-    for name in ("content_weight", "style_weight", "tv_weight"):
+    if not -2**63 <= self.seed < 2**63:
+      raise NSTError(f"seed must fit in 64 bits (|seed| < 2**63), got {self.seed}")
+    for name in ("content_weight", "style_weight", "tv_weight", "attention_weight"):
       finite_nonneg(name.replace("_", "-"), getattr(self, name))
-    for w in (self.content_layer_weights or ()) + (self.style_layer_weights or ()):
-      finite_nonneg("layer weight", w)
-    if self.pooling not in vgg.POOLINGS:
-      raise NSTError(f"unknown pooling {self.pooling!r}; expected one of {vgg.POOLINGS}")
-    if self.init not in INITS:
-      raise NSTError(f"unknown init {self.init!r}; expected one of {INITS}")
+    for what in ("content", "style", "attention"):
+      for w in getattr(self, f"{what}_layer_weights") or ():
+        finite_nonneg(f"{what} layer weight", w)
     self.style_spec().validate()
-    finite_nonneg("attention-weight", self.attention_weight)
-    for w in self.attention_layer_weights or ():
-      finite_nonneg("attention layer weight", w)
-    if self.attention_gram not in ("centered", "raw"):
-      raise NSTError(f"unknown attention gram {self.attention_gram!r}; expected centered or raw")
     if not (math.isfinite(self.attention_temperature) and self.attention_temperature > 0):
       raise NSTError(f"attention temperature must be > 0, got {self.attention_temperature}")
     from nstjax.attention import parse_bytes
     parse_bytes(self.attention_memory)
-    if self.attention_chunks is not None and (len(self.attention_chunks) != 2
-                                              or min(self.attention_chunks) < 1):
+    if self.attention_chunks is not None and min(self.attention_chunks) < 1:
       raise NSTError(f"attention chunks must be two sizes >= 1, got {self.attention_chunks}")
-    if self.attention_weight:
-      vgg.validate_layers(arch, self.attention_layers)
-      self.attention_layer_table()
-    vgg.validate_layers(arch, self.content_layers)
-    vgg.validate_layers(arch, self.style_layers)
-    self.layer_weights()
+    objective.validate(self, arch)
     return self
+
+
+def fields(kind: str | None = None) -> tuple[dataclasses.Field, ...]:
+  """:class:`StyleConfig`'s declared fields, optionally only those of one kind."""
+  return tuple(f for f in dataclasses.fields(StyleConfig)
+               if kind is None or f.metadata["kind"] == kind)
+
+
+def per_job_fields() -> dict[str, dataclasses.Field]:
+  """Fields a batch job (manifest column, ``--sweep`` name) may set: all of them.
+
+  Jobs that differ in a static field run in separate groups (one compiled
+  program each); the others share a program.
+  """
+  return {f.name: f for f in fields()}
+
+
+def read_overrides(raw: dict) -> dict:
+  """``{"style-weight": "1e6", "seed": 3}`` -> typed field values; NSTError if unknown or invalid."""
+  known = per_job_fields()
+  out = {}
+  for key, value in raw.items():
+    if not isinstance(key, str):
+      raise NSTError(f"job field names must be strings, got {key!r}")
+    name = key.strip().replace("-", "_")
+    if name not in known:
+      raise NSTError(f"unknown job field {key!r}; allowed: content, style, name, "
+                     f"{', '.join(sorted(known))}")
+    if value is None or value == "":
+      continue
+    out[name] = known[name].metadata["read"](value, key)
+  return out
 
 
 def attention_preset(preprocessing: str = "caffe", normalized: bool = False, **overrides) -> StyleConfig:
@@ -205,3 +386,6 @@ def paper_preset(**overrides) -> StyleConfig:
   """Gatys et al. as the attention paper runs it: α = 1, β = 1e7, L-BFGS, 500 steps, avg pooling."""
   return StyleConfig(**{"content_weight": 1.0, "style_weight": 1e7, "iterations": 500,
                         "optimizer": "lbfgs", "pooling": "avg", **overrides})
+
+
+PRESETS = {"attention-paper": attention_preset}

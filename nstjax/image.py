@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from nstjax.errors import NSTError
+from nstjax.files import atomic_path
 
 MAX_PIXELS = 200_000_000   # refuse decompression bombs, as PIL does by default
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -78,6 +79,40 @@ def load_image(path) -> np.ndarray:
   return rgb
 
 
+def as_rgb(x, what: str = "image") -> np.ndarray:
+  """Any accepted image as (H, W, 3) float32 RGB in [0, 1].
+
+  Accepted: a file path (:func:`load_image`); a PIL image (converted as a
+  viewer shows it); an (H, W, 3) ``uint8`` array (divided by 255) or
+  ``uint16`` array (by 65535); an (H, W, 3) float array with values in
+  [0, 1]. A float array outside [0, 1] (such as 0-255 floats) is refused:
+  guessing its scale would give a silently wrong result.
+  """
+  if isinstance(x, (str, Path)):
+    return load_image(x)
+  if isinstance(x, Image.Image):
+    return _to_rgb(ImageOps.exif_transpose(x))
+  a = np.asarray(x)
+  if a.ndim != 3 or a.shape[-1] != 3:
+    raise NSTError(f"{what}: images must be (H, W, 3) RGB arrays, got shape {a.shape}")
+  if a.shape[0] == 0 or a.shape[1] == 0:
+    raise NSTError(f"{what} has no pixels")
+  if a.dtype == np.uint8:
+    return a.astype(np.float32) / 255.0
+  if a.dtype == np.uint16:
+    return a.astype(np.float32) / 65535.0
+  if not np.issubdtype(a.dtype, np.floating):
+    raise NSTError(f"{what}: expected uint8, uint16 or float values, got dtype {a.dtype}")
+  a = a.astype(np.float32)
+  if not np.all(np.isfinite(a)):
+    raise NSTError(f"{what} has non-finite values")
+  lo, hi = float(a.min()), float(a.max())
+  if lo < 0.0 or hi > 1.0:
+    raise NSTError(f"{what}: float images must hold values in [0, 1], found [{lo:g}, {hi:g}] "
+                   f"(for 0-255 data pass a uint8 array or divide by 255)")
+  return a
+
+
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
   """Resizes so the longer side is ``size`` pixels, keeping the aspect ratio (Lanczos)."""
   h, w = image.shape[:2]
@@ -114,7 +149,6 @@ def check_writable(path) -> Path:
 
 def save_image(image, path, *, metadata: dict | None = None) -> Path:
   """Writes ``image`` (H, W, 3) in [0, 1] atomically; PNGs carry ``metadata`` as text chunks."""
-  from nstjax.weights.format import atomic_path
   path = Path(path)
   pil = Image.fromarray(to_uint8(image), mode="RGB")
   fmt = Image.registered_extensions().get(path.suffix.lower())

@@ -8,41 +8,17 @@ import json
 import re
 from pathlib import Path
 
+from nstjax import config
 from nstjax.errors import NSTError
 
-# Manifest / sweep field -> (StyleConfig field, type). Everything else is an error.
-OVERRIDES = {
-    "content_weight": ("content_weight", float), "style_weight": ("style_weight", float),
-    "tv_weight": ("tv_weight", float), "attention_weight": ("attention_weight", float),
-    "seed": ("seed", int), "size": ("size", int), "init": ("init", str),
-    "style_scale": ("style_scale", float), "iterations": ("iterations", int),
-    # Static options: jobs that differ in these form separate groups (separate programs).
-    "lr": ("lr", float), "lbfgs_memory": ("lbfgs_memory", int),
-    "svd_threshold": ("svd_threshold", float), "pca_k": ("pca_k", str),
-    "attention_temperature": ("attention_temperature", float),
-}
-
-
-def _key(name: str) -> str:
-  return name.strip().replace("-", "_")
-
-
 def parse_overrides(raw: dict) -> dict:
-  """``{"style-weight": "1e6", "seed": "3"}`` -> typed StyleConfig overrides; NSTError if invalid."""
-  out = {}
-  for k, v in raw.items():
-    if v is None or v == "":
-      continue
-    key = _key(k)
-    if key not in OVERRIDES:
-      raise NSTError(f"unknown job field {k!r}; allowed: content, style, name, "
-                     f"{', '.join(sorted(OVERRIDES))}")
-    field, typ = OVERRIDES[key]
-    try:
-      out[field] = typ(float(v)) if typ is int else typ(v)
-    except (TypeError, ValueError):
-      raise NSTError(f"job field {k}={v!r} is not a valid {typ.__name__}") from None
-  return out
+  """``{"style-weight": "1e6", "seed": "3"}`` -> typed StyleConfig values; NSTError if invalid.
+
+  Every :class:`~nstjax.config.StyleConfig` field is a valid job field
+  (:func:`nstjax.config.per_job_fields`); jobs that differ in a static field
+  run as separate groups.
+  """
+  return config.read_overrides(raw)
 
 
 def _slug(text: str) -> str:
@@ -71,7 +47,7 @@ def read_manifest(path) -> list[dict]:
   """Jobs from a JSONL (one object per line) or CSV (header row) file.
 
   Each row needs ``content`` and ``style``; optional ``name`` and the fields in
-  ``OVERRIDES`` (dashes or underscores). Relative image paths are relative to
+  :class:`~nstjax.config.StyleConfig` fields (dashes or underscores). Relative image paths are relative to
   the manifest. A malformed row becomes a job that fails with its reason.
   """
   path = Path(path)

@@ -1,4 +1,4 @@
-"""Loss primitives of Gatys et al. and the objective that adds them.
+"""Loss primitives of Gatys et al. (the objective that adds them: :mod:`nstjax.objective`).
 
 Feature maps are (h, w, C) arrays for one image. All reductions run in
 float32 at the highest matmul precision (Gram matrices sum over up to 65k
@@ -6,12 +6,10 @@ positions; TPUs and Ampere+ GPUs would otherwise use bf16/TF32 passes).
 
 References:
   Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional Neural
-  Networks", CVPR 2016. ``../shared/papers/attention-style-loss.md`` eqs. 1-3, 8.
+  Networks", CVPR 2016.
 """
 
 from __future__ import annotations
-
-from typing import Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,69 +78,3 @@ def tv_loss(image: Array) -> Array:
   dh = x[1:, :, :] - x[:-1, :, :]
   dw = x[:, 1:, :] - x[:, :-1, :]
   return jnp.sum(dh * dh) + jnp.sum(dw * dw)
-
-
-class Targets(NamedTuple):
-  """What the generated image is compared with; arguments of the compiled step.
-
-  Attributes:
-    content: ``{layer: (h, w, C)}`` content-image features.
-    style: ``{layer: target}``: style Gram matrices (:func:`gram`), or the
-      chosen style representation's targets (:mod:`nstjax.style`).
-  """
-  content: Mapping[str, Array]
-  style: Mapping[str, Array]
-  attention: Mapping[str, Array] = {}   # {layer: SA (C, C)} when γ > 0 (nstjax.attention)
-
-
-class Weights(NamedTuple):
-  """Loss weights; traced values, so changing them does not recompile.
-
-  Attributes:
-    content: α of eq. 8.
-    style: β of eq. 8.
-    tv: total-variation weight.
-    content_layers: ``{layer: w}`` per-layer content weights.
-    style_layers: ``{layer: w}`` per-layer style weights (1/L by default).
-    attention: γ of eq. 8.
-    attention_layers: ``{layer: w}`` per-layer attention weights.
-  """
-  content: Array
-  style: Array
-  tv: Array
-  content_layers: Mapping[str, Array]
-  style_layers: Mapping[str, Array]
-  attention: Array | float = 0.0
-  attention_layers: Mapping[str, Array] = {}
-
-
-def loss_terms(feats: Mapping[str, Array], image: Array, targets: Targets,
-               weights: Weights, style_fn=None, attention_fn=None) -> dict[str, Array]:
-  """The unweighted-by-α/β terms: per-layer-weighted content, style and TV.
-
-  ``style_fn(features, target)`` is the per-layer style loss (default: eq. 3
-  on Grams; see :mod:`nstjax.style` for the variants).
-  """
-  if style_fn is None:
-    style_fn = lambda f, t: style_loss(gram(f), t)
-  content = sum(weights.content_layers[k] * content_loss(feats[k], t)
-                for k, t in targets.content.items())
-  style = sum(weights.style_layers[k] * style_fn(feats[k], t)
-              for k, t in targets.style.items())
-  out = {"content": jnp.asarray(content, jnp.float32),
-         "style": jnp.asarray(style, jnp.float32),
-         "tv": tv_loss(image)}
-  if targets.attention:   # eq. 7 terms, present only when γ > 0
-    out["attention"] = jnp.asarray(
-        sum(weights.attention_layers[k] * attention_fn(feats[k], t)
-            for k, t in targets.attention.items()), jnp.float32)
-  return out
-
-
-def total(terms: Mapping[str, Array], weights: Weights) -> Array:
-  """Eq. 8: α·content + β·style + γ·attention + tv_weight·TV (γ term only if present)."""
-  out = (weights.content * terms["content"] + weights.style * terms["style"]
-         + weights.tv * terms["tv"])
-  if "attention" in terms:
-    out = out + weights.attention * terms["attention"]
-  return out

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import nstjax
-from nstjax import NSTError, attention, optim
+from nstjax import NSTError, attention, objective
 
 
 def rand(shape, seed):
@@ -94,15 +94,15 @@ def test_gamma_zero_is_exactly_gatys(tiny_net, content32, style32):
 def test_gamma_adds_the_attention_term(tiny_net, content32, style32):
   cfg = dataclasses.replace(BASE, attention_weight=50.0, attention_layers=("relu3_1", "relu4_1"),
                             attention_chunks=(16, 8))
-  net = nstjax.vgg.prepare(tiny_net, optim.all_layers(cfg))
+  net = nstjax.vgg.prepare(tiny_net, objective.network_layers(cfg))
   r = nstjax.optimize(tiny_net, content32, style32, dataclasses.replace(cfg, iterations=8)).summary
   i = r["initial_losses"]
   assert i["total"] == pytest.approx(1.0 * i["content"] + 1e3 * i["style"] + 50 * i["attention"], rel=1e-5)
   assert r["losses"]["total"] < i["total"]
   # chunks do not change the target
-  t1 = optim.attention_targets(net, jnp.asarray(content32), jnp.asarray(style32), cfg)
-  t2 = optim.attention_targets(net, jnp.asarray(content32), jnp.asarray(style32),
-                               dataclasses.replace(cfg, attention_chunks=None))
+  t1 = objective.make_targets(net, content32, style32, cfg)["attention"]
+  t2 = objective.make_targets(net, content32, style32,
+                              dataclasses.replace(cfg, attention_chunks=None))["attention"]
   for k in t1:
     np.testing.assert_allclose(t1[k], t2[k], rtol=1e-5, atol=1e-7)
 

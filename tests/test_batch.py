@@ -35,10 +35,10 @@ def test_batched_equals_sequential(tiny_net, optimizer):
   results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
   for c, s, cfg, r in zip(contents, styles, configs, results):
     alone = nstjax.stylize_result(c, s, cfg, net=tiny_net)
-    assert r["status"] == "done"
-    np.testing.assert_allclose(r["image"], alone.image, atol=1e-6)
-    assert r["summary"]["losses"]["total"] == pytest.approx(alone.summary["losses"]["total"], rel=1e-5)
-    assert r["summary"]["evaluations"] == alone.summary["evaluations"]
+    assert r.status == "done"
+    np.testing.assert_allclose(r.image, alone.image, atol=1e-6)
+    assert r.summary["losses"]["total"] == pytest.approx(alone.summary["losses"]["total"], rel=1e-5)
+    assert r.summary["evaluations"] == alone.summary["evaluations"]
 
 
 def test_per_job_iterations_and_variance_k_are_not_mixed(tiny_net):
@@ -47,24 +47,24 @@ def test_per_job_iterations_and_variance_k_are_not_mixed(tiny_net):
   configs = [dataclasses.replace(c, style_loss="pca", pca_k="var=0.9") if i == 2 else c
              for i, c in enumerate(configs)]
   results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
-  assert [r["summary"]["iterations"] for r in results] == [4, 2, 4]
-  assert [r["summary"]["batch"]["group_size"] for r in results] == [1, 1, 1]
+  assert [r.summary["iterations"] for r in results] == [4, 2, 4]
+  assert [r.summary["batch"]["group_size"] for r in results] == [1, 1, 1]
 
 
 def test_static_options_form_separate_groups(tiny_net):
   contents, styles, configs = _jobs(2)
   configs[1] = dataclasses.replace(configs[1], lbfgs_memory=5)
   results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
-  assert [r["summary"]["batch"]["group_size"] for r in results] == [1, 1]
-  assert results[1]["summary"]["config"]["lbfgs_memory"] == 5
+  assert [r.summary["batch"]["group_size"] for r in results] == [1, 1]
+  assert results[1].summary["config"]["lbfgs_memory"] == 5
 
 
 def test_groups_by_shape(tiny_net):
   contents, styles, configs = _jobs(2)
   contents[1] = smooth_image(40, 32, 5)              # another shape: its own group
   results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
-  assert [r["summary"]["batch"]["group_size"] for r in results] == [1, 1]
-  assert results[1]["image"].shape == (40, 32, 3)
+  assert [r.summary["batch"]["group_size"] for r in results] == [1, 1]
+  assert results[1].image.shape == (40, 32, 3)
 
 
 SHARDED = textwrap.dedent("""
@@ -81,8 +81,8 @@ SHARDED = textwrap.dedent("""
                                 for k, (w, b) in tiny_convs().items()}}, arch="vgg19", preprocessing="torch")
     contents, styles, configs = _jobs(3)
     res = nstjax.stylize_batch(net, contents, styles, configs)
-    np.save({out!r}, np.stack([r["image"] for r in res]))
-    print(json.dumps({{"devices": jax.device_count(), "batch": res[0]["summary"]["batch"]}}))
+    np.save({out!r}, np.stack([r.image for r in res]))
+    print(json.dumps({{"devices": jax.device_count(), "batch": res[0].summary["batch"]}}))
 """)
 
 
@@ -99,7 +99,7 @@ def test_sharded_over_four_devices_equals_unsharded(tiny_net, tmp_path):
                            "spec": "P('data',)", "devices_used": 4}
   contents, styles, configs = _jobs(3)
   local = nstjax.stylize_batch(tiny_net, contents, styles, configs)
-  np.testing.assert_allclose(np.load(out), np.stack([r["image"] for r in local]), atol=1e-6)
+  np.testing.assert_allclose(np.load(out), np.stack([r.image for r in local]), atol=1e-6)
 
 
 def _free_port():
@@ -144,7 +144,7 @@ def test_failure_isolation_and_resume(tmp_path, image_files, tiny_weights_file, 
   status = {j["name"]: j["status"] for j in s["jobs"]}
   assert status == {"good": "done", "good2": "done", "missing": "failed", "badnumber": "failed"}
   reasons = {j["name"]: j["reason"] for j in s["jobs"]}
-  assert "does not exist" in reasons["missing"] and "not a valid float" in reasons["badnumber"]
+  assert "does not exist" in reasons["missing"] and "must be a number" in reasons["badnumber"]
   assert json.loads((out / "good.json").read_text())["iterations"] == 2
   assert (tmp_path / "sheet.png").exists()
   # Rerun: finished jobs are skipped; --overwrite runs them again.
@@ -187,8 +187,8 @@ def test_non_finite_job_fails_alone_and_keeps_a_finite_image(tiny_net):
   except nstjax.NonFiniteLoss as e:
     bad_alone = e.image
   results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
-  assert results[0]["status"] == "done"
-  assert results[1]["status"] == "non-finite"
-  assert np.all(np.isfinite(results[1]["image"]))
+  assert results[0].status == "done"
+  assert results[1].status == "non-finite"
+  assert np.all(np.isfinite(results[1].image))
   # The same last finite image as the job run alone.
-  np.testing.assert_allclose(results[1]["image"], bad_alone, atol=1e-6)
+  np.testing.assert_allclose(results[1].image, bad_alone, atol=1e-6)

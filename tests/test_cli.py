@@ -43,13 +43,13 @@ def test_stylize_writes_image_summary_and_metadata(tmp_path, image_files, tiny_w
 def test_flags_reach_the_config(tmp_path, image_files, tiny_weights_file, capsys, monkeypatch):
   seen = {}
 
-  def fake_optimize(net, content, style, config, callback=None):
-    seen["config"] = config
-    return nstjax.Result(image=np.zeros_like(content), status="done",
+  def fake_run(prepared, callback=None):
+    seen["config"] = prepared.config
+    return nstjax.Result(image=np.zeros(prepared.content.shape, np.float32), status="done",
                          summary={"width": 1, "height": 1, "iterations": 0, "evaluations": 0,
                                   "seconds": 0.0, "losses": {"total": 0.0}})
 
-  monkeypatch.setattr(nstjax, "optimize", fake_optimize)
+  monkeypatch.setattr(nstjax.pipeline, "run", fake_run)
   content, style = image_files
   code, _, err = nstjax_cli([
       "stylize", content, style, "-o", tmp_path / "o.png", "--weights", tiny_weights_file,

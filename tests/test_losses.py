@@ -7,7 +7,7 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("strict_dtypes")
 
-from nstjax import losses
+from nstjax import StyleConfig, losses, objective
 
 
 def np_gram(f):
@@ -57,16 +57,20 @@ def test_tv_loss_matches_squared_differences():
   np.testing.assert_allclose(jax.jit(losses.tv_loss)(x), ref, rtol=1e-6)
 
 
-def test_total_and_layer_weights(feats):
+def test_objective_adds_weighted_terms(feats):
   f, p = feats
-  weights = losses.Weights(content=jnp.float32(2.0), style=jnp.float32(3.0), tv=jnp.float32(0.5),
-                           content_layers={"a": jnp.float32(0.25)},
-                           style_layers={"a": jnp.float32(0.5), "b": jnp.float32(0.5)})
-  targets = losses.Targets(content={"a": p}, style={"a": losses.gram(p), "b": losses.gram(p[:3])})
+  cfg = StyleConfig(content_layers=("relu1_1",), style_layers=("relu1_1", "relu2_1"),
+                    content_weight=2.0, style_weight=3.0, tv_weight=0.5,
+                    content_layer_weights=(0.25,), style_layer_weights=(0.5, 0.5))
+  weights = objective.make_weights(cfg, "torch")
+  targets = {"content": {"relu1_1": p}, "style": {"relu1_1": losses.gram(p), "relu2_1": losses.gram(p[:3])},
+             "tv": None}
   image = np.random.default_rng(3).random((8, 8, 3)).astype(np.float32)
-  terms = jax.jit(losses.loss_terms)({"a": f, "b": f}, image, targets, weights)
+  fns = {t.name: t.loss(cfg) for t in objective.active_terms(cfg)}
+  feats_ = {"relu1_1": f, "relu2_1": f}
+  terms = {k: jax.jit(fn)(feats_, image, targets[k], weights[k]["layers"]) for k, fn in fns.items()}
   c = 0.25 * losses.content_loss(f, p)
   s = 0.5 * losses.style_loss(losses.gram(f), losses.gram(p)) + 0.5 * losses.style_loss(losses.gram(f), losses.gram(p[:3]))
   np.testing.assert_allclose(terms["content"], c, rtol=1e-6)
   np.testing.assert_allclose(terms["style"], s, rtol=1e-6)
-  np.testing.assert_allclose(losses.total(terms, weights), 2 * c + 3 * s + 0.5 * losses.tv_loss(image), rtol=1e-6)
+  np.testing.assert_allclose(objective.total(terms, weights), 2 * c + 3 * s + 0.5 * losses.tv_loss(image), rtol=1e-6)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nstjax import StyleConfig, load_image, optim, vgg
+from nstjax import StyleConfig, load_image, objective, vgg
 
 DATA = Path(__file__).parent / "data"
 make_random_vgg = pytest.importorskip("make_random_vgg", reason="../shared/peer not beside the checkout")
@@ -30,10 +30,9 @@ def test_loss_terms_equal_peer(peer_convs, record):
   net = vgg.prepare(vgg.VGGParams(convs=peer_convs, arch="vgg19", preprocessing=record["preprocessing"]))
   content, style = load_image(DATA / "content64.png"), load_image(DATA / "style64.png")
   cfg = StyleConfig(size=None, pooling=record["pooling"], content_weight=1.0, style_weight=1e7, tv_weight=1.0)
-  targets = optim.compute_targets(net, content, style, content_layers=cfg.content_layers,
-                                  style_layers=cfg.style_layers, pooling=cfg.pooling)
-  weights = optim.make_weights(cfg, net.preprocessing)
-  _, terms_fn = optim.make_loss_fns(optim.all_layers(cfg), cfg.pooling)
+  targets = objective.make_targets(net, content, style, cfg)
+  weights = objective.make_weights(cfg, net.preprocessing)
+  terms_fn = objective.make_terms_fn(cfg)
   image = content if record["init"] == "content" else style
   terms = terms_fn(jnp.asarray(image), net=net, targets=targets, weights=weights)
   for key in ("content", "style", "tv"):

@@ -1,7 +1,7 @@
 """nstjax's converted weights format: one HDF5 file per network.
 
-Layout (the one ``../shared/peer/weights_h5.py`` reads, so both programs can
-load the same file)::
+Layout (the one the PyTorch comparison program reads too, so both programs
+can load the same file)::
 
     convB_I/kernel   float32 (3, 3, Cin, Cout)   HWIO, cross-correlation
     convB_I/bias     float32 (Cout,)
@@ -19,11 +19,8 @@ converter in :mod:`nstjax.weights.convert`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -31,32 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from nstjax.errors import NSTError
+from nstjax.files import atomic_path
 from nstjax.vgg import BLOCKS, PREPROCESSINGS, VGGParams, conv_layers
 
 FORMAT = "nstjax-vgg/1"
-
-
-@contextlib.contextmanager
-def atomic_path(path, suffix=""):
-  """Yields a temporary path beside ``path``; renames it onto ``path`` on success.
-
-  A failure or interruption leaves ``path`` as it was and no partial file.
-  """
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".part",
-                             dir=path.parent)
-  os.close(fd)
-  try:
-    yield Path(tmp)
-    # mkstemp creates 0600 files; give the result the mode a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
 
 
 def sha256_file(path, chunk=1 << 20) -> str:

