@@ -18,7 +18,8 @@ from nstjax.cli import batch_cmd
 from nstjax.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, PRESET_OPTION, WEIGHTS_OPTION, Bar,
                                apply_preset, check_json_writable, enable_compilation_cache, err,
                                load_net, say)
-from nstjax.cli.options import config_options, explicit
+from nstjax.cli.options import cli_default, config_options, explicit
+from nstjax.config import per_job_fields
 from nstjax.errors import NonFiniteLoss, NSTError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -26,6 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Neural style transfer (Gatys et al.) in JAX.")
 weights_app = typer.Typer(no_args_is_help=True, help="List, fetch, convert and inspect VGG weights.")
 app.add_typer(weights_app, name="weights")
+CONFIG = per_job_fields()   # {name: declared StyleConfig field}: defaults and help come from there
 
 
 def _intermediate_path(output: Path, iteration: int) -> Path:
@@ -104,12 +106,16 @@ def attention_map(
     content: Path = typer.Argument(..., help="Content image."),
     style: Path = typer.Argument(..., help="Style image."),
     point: str = typer.Option(..., help="X,Y: a content pixel (in the resized content image's coordinates)."),
-    layer: str = typer.Option("relu4_1", help="Comma-separated layers; one panel each, side by side."),
+    layer: str = typer.Option(cli_default(CONFIG["attention_layers"]),
+                              help="Comma-separated layers; one panel each, side by side."),
     output: Path = typer.Option(..., "-o", "--output", help="PNG to write."),
-    size: int = typer.Option(512, help="Long side both images are resized to."),
-    temperature: float = typer.Option(1.0, help="Softmax temperature."),
-    pooling: str = typer.Option("avg", help="avg or max."),
-    weights: Optional[str] = typer.Option(None, help="Weights (as for stylize)."),
+    size: int = typer.Option(cli_default(CONFIG["size"]), help="Long side both images are resized to."),
+    temperature: float = typer.Option(cli_default(CONFIG["attention_temperature"]),
+                                      help="Softmax temperature."),
+    pooling: str = typer.Option(cli_default(CONFIG["pooling"]),
+                                metavar="|".join(CONFIG["pooling"].metadata["choices"]),
+                                help="Pooling between VGG blocks."),
+    weights: Optional[str] = WEIGHTS_OPTION,
 ):
   """The paper's Fig. 4: one content position's attention weights over the style image."""
   from nstjax import attention_map as amap
@@ -119,9 +125,14 @@ def attention_map(
     x, y = (int(v) for v in point.split(","))
   except ValueError:
     raise NSTError(f"--point must be X,Y in pixels, got {point!r}") from None
-  layers = tuple(s.strip() for s in layer.split(",") if s.strip())
+  from nstjax.config import StyleConfig
+  # The same validation as stylize's (temperature > 0, known layers and pooling).
+  settings = StyleConfig(size=size, pooling=pooling, attention_temperature=temperature,
+                         attention_layers=layer, attention_weight=1.0).validate()
+  layers = settings.attention_layers
   content_img, style_img = nimage.load_image(content), nimage.load_image(style)
   net, _ = load_net(weights)
+  settings.validate(net.arch)
   panel = amap.attention_map_image(net, content_img, style_img, point=(x, y),
                                    layers=layers, size=size, temperature=temperature,
                                    pooling=pooling)

@@ -14,6 +14,15 @@ step), :mod:`nstjax.pipeline` (prepare, run, summarise), :mod:`nstjax.batch`
 :mod:`nstjax.config` (the one config object).
 """
 
+import os as _os
+
+# In a source checkout the subpackages nstjax.weights and nstjax.cli are the
+# top-level weights/ and cli/ folders beside this one (pyproject's
+# package-dir); installed packages hold them inside this folder. Running from
+# the checkout's root imports this folder directly, so find them beside it.
+if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "weights")):
+  __path__.append(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+
 from nstjax import batch, config, losses, objective, optim, pipeline, programs, vgg
 from nstjax.batch import stylize_batch
 from nstjax.config import StyleConfig, attention_preset, paper_preset

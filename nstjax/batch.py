@@ -97,7 +97,8 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   """
   n = len(jobs)
   base = jobs[0]
-  key = base.config.static_key()
+  static = base.config.static_key()
+  key = objective.program_key(static)
   devices = tuple(devices if devices is not None else jax.local_devices())
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
   states = [start_state(p) for p in jobs]
@@ -111,11 +112,11 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   state = jax.tree.map(jnp.copy, put(states))   # the donated opt_state must not alias the images
   net = base.net
   terms_fn, terms_seconds = programs.compiled(
-      "batch-terms", key, lambda: _batch_terms(key), (state.image, net, targets, weights),
+      "batch-terms", key, lambda: _batch_terms(static), (state.image, net, targets, weights),
       devices=devices)
   initial = terms_fn(state.image, net, targets, weights)
   args = (net, state.image, state.opt_state, state.evaluations, targets, weights)
-  step, compile_seconds = programs.compiled("batch-step", key, lambda: _batch_step(key, mesh),
+  step, compile_seconds = programs.compiled("batch-step", key, lambda: _batch_step(static, mesh),
                                             args, devices=devices, donate_argnums=(2,))
 
   iterations = base.config.iterations

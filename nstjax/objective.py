@@ -199,6 +199,11 @@ register(Term(
 
 # --- the objective --------------------------------------------------------------
 
+def program_key(config) -> tuple:
+  """What selects a compiled program: the config's static key and the registered terms."""
+  return config.static_key(), tuple((name, id(t)) for name, t in TERMS.items())
+
+
 def active_terms(config) -> tuple[Term, ...]:
   """The registered terms ``config`` enables, in registration order."""
   return tuple(t for t in TERMS.values() if t.enabled(config))
@@ -231,7 +236,8 @@ def validate(config, arch: str) -> None:
     if layers:
       vgg.validate_layers(arch, layers)
     for which in t.target_layers(config).values():
-      vgg.validate_layers(arch, which)
+      if which:
+        vgg.validate_layers(arch, which)
     t.layer_weights(config)
 
 

@@ -84,7 +84,10 @@ def make_step(config, optimizer: optax.GradientTransformation | None = None):
   else:   # Adam, or L-BFGS with a fixed step: one evaluation per step
     def step(net, image, opt_state, evaluations, targets, weights):
       value, grad = jax.value_and_grad(loss_fn)(image, net=net, targets=targets, weights=weights)
-      updates, opt_state = optimizer.update(grad, opt_state, image)
+      # optax's Adam bias correction raises a Python float to an int32 count,
+      # which strict dtype promotion refuses; allow standard promotion there only.
+      with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = optimizer.update(grad, opt_state, image)
       new = State(optax.apply_updates(image, updates), opt_state, evaluations + 1)
       return new, {"loss": value, "evaluations": new.evaluations}
 

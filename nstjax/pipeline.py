@@ -127,23 +127,23 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
 
 def step_program(prepared: Prepared, state: optim.State, devices=None):
   """The compiled step for ``prepared``'s static config and these shapes; (fn, seconds)."""
-  key = prepared.config.static_key()
+  static = prepared.config.static_key()
   args = (prepared.net, state.image, state.opt_state, state.evaluations,
           prepared.targets, prepared.weights)
-  return programs.compiled("step", key, lambda: optim.make_step(key), args,
-                           devices=devices, donate_argnums=(2,))
+  return programs.compiled("step", objective.program_key(static), lambda: optim.make_step(static),
+                           args, devices=devices, donate_argnums=(2,))
 
 
 def terms_program(prepared: Prepared, image):
   """The compiled ``terms(image, net, targets, weights) -> {term: value}``; (fn, seconds)."""
-  key = prepared.config.static_key()
+  static = prepared.config.static_key()
 
   def make():
-    terms = objective.make_terms_fn(key)
+    terms = objective.make_terms_fn(static)
     return lambda image, net, targets, weights: terms(image, net=net, targets=targets,
                                                       weights=weights)
 
-  return programs.compiled("terms", key, make,
+  return programs.compiled("terms", objective.program_key(static), make,
                            (image, prepared.net, prepared.targets, prepared.weights))
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random VGGs, small images, strict JAX promotion."""
+"""Shared fixtures: tiny random VGGs, small images; strict JAX dtype and rank promotion for the
+whole suite (the one exception, inside optax's Adam update, is confined in nstjax.optim)."""
 
 import os
 import sys
@@ -21,8 +22,7 @@ import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# Strict dtype promotion is applied per test module (``strict_dtypes``) to our own
-# code: optax's Adam mixes Python floats with int32 counts and fails under it.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 from nstjax import vgg  # noqa: E402
 from nstjax.weights import format as wformat  # noqa: E402
@@ -39,12 +39,6 @@ def tiny_convs(arch="vgg19", widths=TINY_WIDTHS, seed=0):
     b = (rng.standard_normal(c_out) * 0.1).astype(np.float32)
     out[name] = (k, b)
   return out
-
-
-@pytest.fixture
-def strict_dtypes():
-  with jax.numpy_dtype_promotion("strict"):
-    yield
 
 
 @pytest.fixture(scope="session")

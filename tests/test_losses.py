@@ -5,8 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.usefixtures("strict_dtypes")
-
 from nstjax import StyleConfig, losses, objective
 
 

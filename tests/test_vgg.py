@@ -5,8 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.usefixtures("strict_dtypes")
-
 from conftest import TINY_WIDTHS, tiny_convs
 from nstjax import NSTError, vgg
 
