@@ -9,7 +9,11 @@ style relu1_1..relu5_1), pooling and loss weights. Prints a table and a JSON
 document with every figure.
 
     python bench/bench.py --peer-python /path/to/venv-peer/bin/python \
-        --peer-dir ../shared/peer --sizes 128,256,512 --reps 3
+        --peer-dir /path/to/peer --sizes 128,256,512 --reps 3
+
+The peer is a PyTorch implementation of the same algorithm (``gatys.py`` in
+``--peer-dir``: loss modules in a copy of VGG, torch.optim.LBFGS with a
+closure), reading the same converted weights file.
 
 ``--weights`` defaults to the cached default VGG19 (real weights).
 """

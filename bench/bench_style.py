@@ -43,31 +43,30 @@ def worker(args):
   import jax
   import jax.numpy as jnp
   import nstjax
-  from nstjax import losses, optim, style
+  from nstjax import objective, pipeline, style
   from nstjax.image import save_image
   net = nstjax.load_weights(args.weights)
   cfg = nstjax.StyleConfig(size=args.size, iterations=args.iterations, **VARIANTS[args.variant])
   content, style_img = nstjax.prepare_images(ROOT / "examples" / "tubingen.jpg",
                                              ROOT / "examples" / "starry_night.jpg", cfg)
-  prepared = nstjax.vgg.prepare(net, optim.all_layers(cfg))
-  targets = optim.make_targets(prepared, content, style_img, cfg)
-  feats = optim._features(prepared, jnp.asarray(content), layers=cfg.style_layers, pooling=cfg.pooling)
+  p = pipeline.prepare(net, content, style_img, cfg, resize=False)
+  prepared, targets = p.net, p.targets
+  feats = jax.jit(nstjax.vgg.features, static_argnames=("layers", "pooling"))(
+      prepared, jnp.asarray(content), layers=cfg.style_layers, pooling=cfg.pooling)
   rep = style.REPRESENTATIONS[cfg.style_loss]
   term = jax.jit(jax.value_and_grad(
       lambda f, t: sum(rep.loss(f[k], t[k]) for k in cfg.style_layers) / len(cfg.style_layers)))
-  style_term_s = _median_time(term, feats, targets.style)
+  style_term_s = _median_time(term, feats, targets["style"])
 
   stamps = []
   r = nstjax.optimize(net, content, style_img, cfg, terms_every=0,
                       callback=lambda p: stamps.append((time.perf_counter(), p.evaluations)))
   (t0, e0), (t1, e1) = stamps[1], stamps[-1]
   # The yardstick: the full Gram style loss of the result, and its content loss.
-  gram_cfg = nstjax.StyleConfig(size=None)
-  gram_targets = optim.compute_targets(prepared, content, style_img, content_layers=cfg.content_layers,
-                                       style_layers=cfg.style_layers, pooling=cfg.pooling)
-  _, terms_fn = optim.make_loss_fns(optim.all_layers(gram_cfg), cfg.pooling)
-  yard = terms_fn(jnp.asarray(r.image), net=prepared, targets=gram_targets,
-                  weights=optim.make_weights(gram_cfg, net.preprocessing, net.normalized))
+  gram_cfg = nstjax.StyleConfig(size=None, pooling=cfg.pooling)
+  gram = pipeline.prepare(net, content, style_img, gram_cfg, resize=False)
+  yard = objective.make_terms_fn(gram_cfg)(jnp.asarray(r.image), net=gram.net, targets=gram.targets,
+                                           weights=gram.weights)
   if args.out:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     save_image(r.image, Path(args.out) / f"{args.variant}_{args.size}.png")

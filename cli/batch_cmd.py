@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from nstjax.cli.common import (EXIT_INTERRUPTED, PRESET_OPTION, WEIGHTS_OPTION, apply_preset,
-                               enable_compilation_cache, load_net, say)
+from nstjax.cli.common import (PRESET_OPTION, STOP, WEIGHTS_OPTION, apply_preset,
+                               enable_compilation_cache, guarded_compilation_cache, load_net, say)
 from nstjax.cli.options import config_options, explicit
 from nstjax.errors import NSTError
 
@@ -103,7 +103,15 @@ def batch(
 
   base = StyleConfig(**config_values)
   base.validate()
-  outdir.mkdir(parents=True, exist_ok=True)
+  if contact_sheet_path is not None:
+    from nstjax import image as nimage
+    nimage.check_writable(contact_sheet_path)
+  if outdir.exists() and not outdir.is_dir():
+    raise NSTError(f"output folder {outdir} exists and is not a folder")
+  try:
+    outdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise NSTError(f"cannot create output folder {outdir}: {e.strerror or e}") from None
   if not os.access(outdir, os.W_OK):
     raise NSTError(f"output folder {outdir} is not writable")
   pid, nproc = 0, 1
@@ -166,8 +174,10 @@ def batch(
 
   interrupted = False
   try:
-    nstjax.stylize_batch(net, [j["content"] for j, _ in runnable], [j["style"] for j, _ in runnable],
-                         [cfg for _, cfg in runnable], callback=progress, on_result=write)
+    with guarded_compilation_cache():
+      nstjax.stylize_batch(net, [j["content"] for j, _ in runnable],
+                           [j["style"] for j, _ in runnable], [cfg for _, cfg in runnable],
+                           callback=progress, on_result=write)
   except KeyboardInterrupt:
     interrupted = True
   interrupted = interrupted or any(r.get("status") == "interrupted" for r in records.values())
@@ -195,11 +205,11 @@ def batch(
     for j in failed:
       say(f"job {j['name']} failed: {j['reason']}")
     if interrupted:
-      raise typer.Exit(EXIT_INTERRUPTED)
+      raise typer.Exit(STOP.exit_code)
     if failed:
       raise typer.Exit(1)
   elif interrupted:
-    raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(STOP.exit_code)
   elif any(j["status"] == "failed" for j in records.values()):
     raise typer.Exit(1)
 

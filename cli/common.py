@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 
 import typer
 
+from nstjax.cli.signals import STOP  # noqa: F401  (the commands' exit codes)
 from nstjax.config import PRESETS
 from nstjax.errors import NSTError
 
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130
+EXIT_ERROR = 1
+
+
 
 
 def err(message: str) -> None:
@@ -22,23 +26,114 @@ def say(message: str) -> None:
   typer.echo(f"nstjax: {message}", err=True)
 
 
+def compilation_cache_dir() -> Path:
+  from nstjax.weights.registry import cache_dir
+  return cache_dir() / "xla"
+
+
 def enable_compilation_cache():
   """Persistent XLA cache in the user's cache dir: later runs skip compilation."""
   import jax
-  from nstjax.weights.registry import cache_dir
   try:
-    path = cache_dir() / "xla"
+    path = compilation_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   except OSError:
     pass   # a read-only cache dir only costs compile time
 
 
+@contextlib.contextmanager
+def guarded_compilation_cache():
+  """Replaces a damaged persistent-cache entry instead of warning about it on every run.
+
+  JAX warns when an entry cannot be read, compiles, and keeps the damaged entry
+  (it never overwrites one). Here the warning is caught, and the cache folder
+  (nstjax's own) is emptied once, with one line saying so; the next run
+  recompiles and writes good entries.
+  """
+  import warnings
+  damaged = []
+  original = warnings.showwarning
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    if "persistent compilation cache entry" in str(message):
+      damaged.append(str(message))
+      return
+    original(message, category, filename, lineno, file, line)
+
+  warnings.showwarning = show
+  try:
+    yield
+  finally:
+    warnings.showwarning = original
+    if damaged:
+      import shutil
+      folder = compilation_cache_dir()
+      shutil.rmtree(folder, ignore_errors=True)
+      say(f"the compilation cache {folder} had a damaged entry; emptied it (the next run "
+          f"compiles once and caches again)")
+
+
 def check_json_writable(path: Path):
-  parent = path.parent if str(path.parent) else Path(".")
-  if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
-    raise NSTError(f"cannot write summary {path}: directory missing or not writable")
+  from nstjax.files import check_writable_file
+  check_writable_file(path, "summary")
+
+
+def file_digest(path) -> str | None:
+  """sha256 of a file, or None if it cannot be read."""
+  import hashlib
+  try:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+      while block := f.read(1 << 20):
+        h.update(block)
+    return h.hexdigest()
+  except OSError:
+    return None
+
+
+def run_record(*, content, style, weights: dict, config, loss_weights: dict) -> dict:
+  """What reproduces a run: inputs and their digests, weights, settings, versions, devices."""
+  import dataclasses
+  import sys
+  from importlib import metadata
+
+  import jax
+
+  def version(name):
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return None
+
+  return {"content": str(content), "content_sha256": file_digest(content),
+          "style": str(style), "style_sha256": file_digest(style),
+          "weights": weights, "loss_weights": loss_weights, "config": dataclasses.asdict(config),
+          "versions": {"nstjax": version("nstjax"), "jax": jax.__version__,
+                       "jaxlib": version("jaxlib"), "python": sys.version.split()[0]},
+          "devices": [str(d) for d in jax.devices()],
+          "command": ["nstjax"] + sys.argv[1:]}
+
+
+def read_run_file(path) -> dict:
+  """A previous run's summary (or a bare settings object) for ``--config``."""
+  import json
+  try:
+    data = json.loads(Path(path).read_text())
+  except (OSError, ValueError) as e:
+    raise NSTError(f"cannot read --config {path}: {e}") from None
+  if not isinstance(data, dict):
+    raise NSTError(f"--config {path}: expected a JSON object")
+  settings = data.get("config", data)
+  if not isinstance(settings, dict):
+    raise NSTError(f"--config {path}: 'config' is not an object")
+  from nstjax.config import per_job_fields
+  unknown = sorted(set(settings) - set(per_job_fields()))
+  if unknown:
+    raise NSTError(f"--config {path}: unknown settings {', '.join(unknown)}")
+  return {**data, "config": settings}
 
 
 def weights_record(info: dict, path, net) -> dict:

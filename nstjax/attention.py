@@ -1,6 +1,6 @@
 """Attention-based style loss with a chunked, memory-bounded softmax.
 
-``../shared/papers/attention-style-loss.md`` §2.3 (Chen): at a layer l, with
+Chen, "Neural Style Transfer with Self-Attention Module" §2.3: at a layer l, with
 content features C and style features A as (positions, channels) matrices,
 
 .. math::

@@ -168,8 +168,9 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
         seconds_note="wall time of the whole group's loop (jobs run together)",
         batch={"group_size": n, "padded_to": n + pad, "devices": len(devices), **sharding})
     results.append(Result(
-        image=np.clip(image, 0.0, 1.0), status=job_status, summary=summary,
-        state=row(state) if job_status != "non-finite" else None,
+        # No per-job state: slicing every job's L-BFGS history out of the group
+        # would copy it (630 MB a job at 512 px); continue a job with nstjax.run.
+        image=np.clip(image, 0.0, 1.0), status=job_status, summary=summary, state=None,
         reason="the loss became non-finite; the last finite image is kept"
         if job_status == "non-finite" else None))
   return results

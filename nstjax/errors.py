@@ -9,6 +9,22 @@ class NSTError(Exception):
   """A problem with the user's input (files, numbers, layer names, weights)."""
 
 
+class Interrupted(KeyboardInterrupt):
+  """A stop request: Ctrl-C (SIGINT), SIGTERM or SIGHUP, turned into an exception.
+
+  A subclass of :class:`KeyboardInterrupt`, so everything that handles Ctrl-C
+  (the optimisation loop keeps its current image) handles the others alike.
+
+  Attributes:
+    signum: the signal's number (``signal.SIGTERM``, ...).
+    name: its name (``"SIGTERM"``).
+  """
+
+  def __init__(self, signum: int, name: str):
+    super().__init__(name)
+    self.signum, self.name = signum, name
+
+
 class NonFiniteLoss(NSTError):
   """The loss became NaN or inf during optimisation.
 

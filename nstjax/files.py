@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from nstjax.errors import NSTError
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):
@@ -21,7 +23,9 @@ def atomic_path(path, suffix=""):
   A failure or interruption leaves ``path`` as it was and no partial file.
   """
   path = Path(path)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".part",
+  # A short prefix keeps the temporary name within the file system's name limit
+  # (255 bytes) whatever the target's length; the random part keeps it unique.
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=suffix[:16] + ".part",
                              dir=path.parent)
   os.close(fd)
   try:
@@ -38,8 +42,72 @@ def atomic_path(path, suffix=""):
 
 
 def write_json(path, data: dict) -> Path:
-  """Writes ``data`` as indented JSON, atomically."""
+  """Writes ``data`` as indented JSON, atomically; NSTError (one line) if that fails."""
   path = Path(path)
-  with atomic_path(path) as tmp:
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+  try:
+    with atomic_path(path) as tmp:
+      tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+  except OSError as e:
+    raise NSTError(f"cannot write {path}: {e.strerror or e}") from None
   return path
+
+
+NAME_MAX = 255   # bytes in one path component on Linux, macOS and Windows file systems
+
+
+def check_name_length(path) -> None:
+  """NSTError if ``path``'s last component is longer than file systems allow."""
+  name = Path(path).name
+  if len(name.encode()) > NAME_MAX:
+    raise NSTError(f"file name {name[:40]}... is {len(name.encode())} bytes; file systems allow "
+                   f"{NAME_MAX}")
+
+
+def check_writable_file(path, what: str = "output") -> Path:
+  """NSTError unless a file can be written at ``path`` (checked before any compute)."""
+  path = Path(path)
+  check_name_length(path)
+  if path.is_dir():
+    raise NSTError(f"{what} {path} is a directory")
+  parent = path.parent if str(path.parent) else Path(".")
+  if not parent.is_dir():
+    raise NSTError(f"{what} directory {parent} does not exist")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise NSTError(f"{what} directory {parent} is not writable")
+  if path.exists() and not os.access(path, os.W_OK):
+    raise NSTError(f"{what} {path} exists and is not writable")
+  return path
+
+
+def check_distinct(inputs: dict, outputs: dict) -> None:
+  """Refuses an output that is an input or another output of the same run.
+
+  Args:
+    inputs, outputs: ``{what: path}`` (``None`` paths are ignored). Paths are
+      compared resolved (links followed) and, where both exist, by device and
+      inode (hard links).
+  """
+  def ident(p):
+    p = Path(p)
+    try:
+      st = p.stat()
+      return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+      return ("path", str(p.resolve()))
+
+  seen = {}
+  for what, p in inputs.items():
+    if p is not None:
+      seen.setdefault(ident(p), what)
+  for what, p in outputs.items():
+    if p is None:
+      continue
+    key = ident(p)
+    if key in seen:
+      raise NSTError(f"{what} {p} is the same file as the {seen[key]}; refusing to overwrite it")
+    seen[key] = what
+    resolved = ("path", str(Path(p).resolve()))
+    if resolved != key:
+      if resolved in seen:
+        raise NSTError(f"{what} {p} is the same file as the {seen[resolved]}; refusing to overwrite it")
+      seen[resolved] = what

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import re
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from nstjax import config
 from nstjax.errors import NSTError
+
 
 def parse_overrides(raw: dict) -> dict:
   """``{"style-weight": "1e6", "seed": "3"}`` -> typed StyleConfig values; NSTError if invalid.
@@ -21,8 +23,15 @@ def parse_overrides(raw: dict) -> dict:
   return config.read_overrides(raw)
 
 
+NAME_LIMIT = 120   # characters of a job name; <name>.interrupted.png etc. stay within 255 bytes
+
+
 def _slug(text: str) -> str:
-  return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_")
+  """A file-name-safe job name, shortened (with a hash of the whole) past ``NAME_LIMIT``."""
+  slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_.") or "job"
+  if len(slug) > NAME_LIMIT:
+    slug = f"{slug[:NAME_LIMIT - 9]}_{hashlib.sha1(slug.encode()).hexdigest()[:8]}"
+  return slug
 
 
 def job_name(content, style, overrides: dict) -> str:
@@ -43,42 +52,90 @@ def make_job(content, style, raw_overrides=None, name=None) -> dict:
   return job
 
 
+def _failed_row(i: int, reason: str) -> dict:
+  job = make_job(f"row{i}", "", {}, name=f"row{i}")
+  job["error"] = reason if reason.startswith(("line ", "row ")) else f"row {i}: {reason}"
+  return job
+
+
+def _decode(path: Path) -> str:
+  """UTF-8 (with or without Excel's byte-order mark), else Latin-1 (every byte decodes)."""
+  data = path.read_bytes()
+  try:
+    return data.decode("utf-8-sig")
+  except UnicodeDecodeError:
+    return data.decode("latin-1")
+
+
+def _csv_rows(text: str, path: Path) -> list:
+  table = list(csv.reader(text.splitlines()))
+  while table and not any(cell.strip() for cell in table[0]):
+    table.pop(0)
+  if not table:
+    return []
+  header = [h.strip() for h in table[0]]
+  if "content" not in header or "style" not in header:
+    raise NSTError(f"CSV manifest {path} needs a header row naming its columns, with content "
+                   f"and style among them; its first row is {', '.join(header)[:120]}")
+  rows = []
+  for cells in table[1:]:
+    if not any(c.strip() for c in cells):
+      continue
+    if len(cells) > len(header):
+      rows.append(f"row {len(rows) + 1}: {len(cells)} values for {len(header)} columns")
+      continue
+    rows.append(dict(zip(header, cells)))
+  return rows
+
+
+def _jsonl_rows(text: str) -> list:
+  rows = []
+  for i, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError as e:
+      rows.append(f"line {i}: not JSON ({e})")
+      continue
+    rows.append(row if isinstance(row, dict) else f"line {i}: not a JSON object")
+  return rows
+
+
 def read_manifest(path) -> list[dict]:
   """Jobs from a JSONL (one object per line) or CSV (header row) file.
 
-  Each row needs ``content`` and ``style``; optional ``name`` and the fields in
-  :class:`~nstjax.config.StyleConfig` fields (dashes or underscores). Relative image paths are relative to
-  the manifest. A malformed row becomes a job that fails with its reason.
+  Each row needs ``content`` and ``style`` (paths, relative to the manifest's
+  folder unless absolute); optional ``name`` and any
+  :class:`~nstjax.config.StyleConfig` field (dashes or underscores). A
+  malformed row becomes a job that fails with its reason; the others run.
+  CSV files may be UTF-8 (with or without a byte-order mark) or Latin-1.
   """
   path = Path(path)
   if not path.is_file():
     raise NSTError(f"manifest {path} does not exist or is not a file")
-  rows = []
-  text = path.read_text()
-  if path.suffix.lower() == ".csv":
-    rows = list(csv.DictReader(text.splitlines()))
-  else:
-    for i, line in enumerate(text.splitlines(), 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except ValueError as e:
-        rows.append({"__error__": f"line {i}: not JSON ({e})"})
-        continue
-      rows.append(row if isinstance(row, dict) else {"__error__": f"line {i}: not an object"})
+  try:
+    text = _decode(path)
+  except OSError as e:
+    raise NSTError(f"cannot read manifest {path}: {e.strerror or e}") from None
+  rows = _csv_rows(text, path) if path.suffix.lower() == ".csv" else _jsonl_rows(text)
   if not rows:
     raise NSTError(f"manifest {path} has no jobs")
   jobs = []
   for i, row in enumerate(rows, 1):
-    if "__error__" in row or not row.get("content") or not row.get("style"):
-      bad = make_job(f"row{i}", "", {}, name=f"row{i}")
-      bad["error"] = row.get("__error__") or f"row {i}: needs 'content' and 'style'"
-      jobs.append(bad)
+    if isinstance(row, str):
+      jobs.append(_failed_row(i, row))
+      continue
+    content, style, name = row.get("content"), row.get("style"), row.get("name")
+    if not (isinstance(content, str) and content and isinstance(style, str) and style):
+      jobs.append(_failed_row(i, "needs 'content' and 'style' image paths (strings)"))
+      continue
+    if name is not None and not (isinstance(name, str) and name.strip()):
+      jobs.append(_failed_row(i, f"'name' must be a non-empty string, got {name!r}"))
       continue
     rel = lambda p: str(p if Path(p).is_absolute() else path.parent / p)
     extra = {k: v for k, v in row.items() if k not in ("content", "style", "name")}
-    jobs.append(make_job(rel(row["content"]), rel(row["style"]), extra, row.get("name")))
+    jobs.append(make_job(rel(content), rel(style), extra, name or None))
   return jobs
 
 

@@ -19,7 +19,7 @@ network. Filters that never fire on the calibration set keep factor 1.
 References:
   Gatys, Ecker & Bethge, "Texture Synthesis Using Convolutional Neural
   Networks", NeurIPS 2015, and "Image Style Transfer Using Convolutional Neural
-  Networks", CVPR 2016. ``../shared/papers/attention-style-loss.md`` §2.
+  Networks", CVPR 2016.
 """
 
 from __future__ import annotations

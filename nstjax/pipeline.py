@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nstjax import image as nimage
-from nstjax import objective, optim, programs, vgg
+from nstjax import memory, objective, optim, programs, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
 
@@ -59,7 +59,7 @@ class Result:
     summary: JSON-ready dict (iterations, evaluations, seconds, compile_seconds,
       losses, initial_losses, ...).
     state: the final :class:`~nstjax.optim.State`, to continue with
-      :func:`run` (``None`` for a failed job).
+      :func:`run` (``None`` for batch jobs, whose histories stay in the group).
     reason: why a batch job did not finish, or ``None``.
   """
   image: np.ndarray | None
@@ -110,12 +110,17 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
     network: ``net`` already passed through :func:`nstjax.vgg.prepare` for
       this config's layers (batches share one).
   """
+  if not isinstance(config, StyleConfig):
+    raise NSTError(f"config must be a nstjax.StyleConfig, got {type(config).__name__}")
+  if not isinstance(net, vgg.VGGParams):
+    raise NSTError(f"net must be nstjax.VGGParams (nstjax.load_weights()), got {type(net).__name__}")
   config.validate(net.arch)
   if resize:
     content, style = prepare_images(content, style, config)
   else:
     content, style = nimage.as_rgb(content, "content"), nimage.as_rgb(style, "style")
   objective.check_image_sizes(config, content, style)
+  check_history_fits(config, content.shape[0], content.shape[1])
   if network is None:
     network = vgg.prepare(net, objective.network_layers(config))
   content, style = jnp.asarray(content, jnp.float32), jnp.asarray(style, jnp.float32)
@@ -123,6 +128,19 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
                   targets=objective.make_targets(network, content, style, config),
                   weights=objective.make_weights(config, net.preprocessing, net.normalized),
                   loss_weights=config.loss_weights(net.preprocessing, net.normalized))
+
+
+def check_history_fits(config: StyleConfig, height: int, width: int, device=None) -> None:
+  """NSTError, naming the figures, when the L-BFGS history alone cannot fit the device."""
+  if config.optimizer != "lbfgs":
+    return
+  need = memory.lbfgs_history_bytes(height, width, config.lbfgs_memory)
+  have = memory.device_capacity(device)
+  if have is not None and need > have:
+    fits = max(1, have // max(1, memory.lbfgs_history_bytes(height, width, 1)) // 2)
+    raise NSTError(f"an L-BFGS history of {config.lbfgs_memory} pairs at {width}x{height} needs "
+                   f"{memory.human(need)}, more than the {memory.human(have)} this device has; "
+                   f"use --lbfgs-memory {min(fits, 100)} or less")
 
 
 def step_program(prepared: Prepared, state: optim.State, devices=None):
@@ -237,7 +255,7 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
   step, compile_seconds = step_program(prepared, state)
   evaluations0 = int(state.evaluations)
 
-  status, done, good_image = "done", 0, None
+  status, done, good_image, stopped_by = "done", 0, None, None
   t_loop = time.perf_counter()
   try:
     for iteration in range(1, iterations + 1):
@@ -260,8 +278,8 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
         callback(Progress(iteration=iteration, iterations=iterations,
                           evaluations=int(metrics["evaluations"]) - evaluations0, loss=loss,
                           elapsed=time.perf_counter() - t_loop, image=state.image, terms=terms))
-  except KeyboardInterrupt:
-    status = "interrupted"
+  except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM/SIGHUP as nstjax.errors.Interrupted
+    status, stopped_by = "interrupted", getattr(e, "name", "SIGINT")
   seconds = time.perf_counter() - t_loop
 
   final = loss_floats(terms_fn(state.image, *kw), prepared.weights)
@@ -273,7 +291,8 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
         image=None if good_image is None else np.clip(np.asarray(good_image), 0, 1))
   summary = summarise(prepared, status=status, iterations=done,
                       evaluations=int(state.evaluations) - evaluations0, seconds=seconds,
-                      compile_seconds=compile_seconds + terms_seconds, initial=initial, final=final)
+                      compile_seconds=compile_seconds + terms_seconds, initial=initial, final=final,
+                      **({"interrupted_by": stopped_by} if stopped_by else {}))
   return Result(image=np.clip(np.asarray(state.image), 0.0, 1.0), status=status,
                 summary=summary, state=state)
 
@@ -296,7 +315,8 @@ def stylize_result(content, style, config: StyleConfig = StyleConfig(), *,
   """Like :func:`stylize` but returns the whole :class:`Result` (image, status, summary, state)."""
   if net is None:
     from nstjax.weights.registry import load_weights
-    config.validate()
+    if isinstance(config, StyleConfig):
+      config.validate()
     net = load_weights()
   return run(prepare(net, content, style, config), callback=callback, start=start)
 

@@ -1,5 +1,5 @@
 """Style representations: the Gram matrix and the cheaper variants of
-``../shared/papers/style-loss-pca-svd.md`` (Guo & Yuan).
+Guo & Yuan, "Optimizing the Style Loss of Art Style Transfer".
 
 Each representation is a pair of functions: a *target* computed once from the
 style image's features (outside the optimisation loop), and a *loss* between
@@ -258,7 +258,15 @@ def load_channel_weights(path) -> dict[str, np.ndarray]:
     raise NSTError(f"cannot read channel weights {path}: {e}") from None
   if not isinstance(data, dict):
     raise NSTError(f"channel weights {path}: expected a JSON object {{layer: [weights]}}")
-  return {k: np.asarray(v, np.float32) for k, v in data.items()}
+  out = {}
+  for k, v in data.items():
+    try:
+      out[k] = np.asarray(v, np.float32)
+    except (TypeError, ValueError):
+      raise NSTError(f"channel weights {path}: {k} must be a list of numbers") from None
+    if out[k].ndim != 1:
+      raise NSTError(f"channel weights {path}: {k} must be a flat list of numbers")
+  return out
 
 
 def weighted_target(f: Array, spec: StyleSpec, layer: str):

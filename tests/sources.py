@@ -46,8 +46,9 @@ class _Storage:
 
 
 class _Tensor:
-  def __init__(self, storage, shape):
+  def __init__(self, storage, shape, view=None):
     self.storage, self.shape = storage, tuple(shape)
+    self.view = view   # (offset, size, stride) to pickle instead of the contiguous view
 
 
 class _TorchPickler(pickle.Pickler):
@@ -60,7 +61,8 @@ class _TorchPickler(pickle.Pickler):
   def reducer_override(self, obj):
     if isinstance(obj, _Tensor):
       stride = tuple(int(np.prod(obj.shape[i + 1:])) for i in range(len(obj.shape)))
-      return fake_rebuild, (obj.storage, 0, obj.shape, stride, False, collections.OrderedDict())
+      offset, size, stride = obj.view or (0, obj.shape, stride)
+      return fake_rebuild, (obj.storage, offset, size, stride, False, collections.OrderedDict())
     return NotImplemented
 
 
@@ -104,9 +106,14 @@ def write_torch_legacy(path, state: dict):
       f.write(s.array.astype(s.array.dtype.newbyteorder("<")).tobytes())
 
 
-def write_torch_zip(path, state: dict, root="archive"):
-  """A zip-format ``torch.save`` file (as torchvision's .pth) of ``{name: array}``."""
+def write_torch_zip(path, state: dict, root="archive", views=None):
+  """A zip-format ``torch.save`` file (as torchvision's .pth) of ``{name: array}``.
+
+  ``views``: ``{name: (offset, size, stride)}`` to write crafted tensor views.
+  """
   obj, storages = _tensors(state)
+  for name, view in (views or {}).items():
+    obj[name].view = view
   with zipfile.ZipFile(path, "w") as zf:
     zf.writestr(f"{root}/data.pkl", _torch_pickle(obj))
     zf.writestr(f"{root}/version", "3\n")

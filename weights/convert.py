@@ -220,7 +220,12 @@ def convert(src, dst, *, kind=None, source=None, widths=None):
   kind = kind or guess_kind(src)
   if kind not in READERS:
     raise NSTError(f"unknown source kind {kind!r}; expected one of {', '.join(KINDS)}")
-  arch, convs = READERS[kind](src, widths=widths)
+  try:
+    arch, convs = READERS[kind](src, widths=widths)
+  except NSTError:
+    raise
+  except Exception as e:   # a damaged file: whatever its parser raised, one line
+    raise NSTError(f"cannot read {src} as {kind} weights: {type(e).__name__}: {e}") from None
   return wformat.write(dst, arch, convs, preprocessing=PREPROCESSING[kind],
                        source=source or f"{kind}:{src.name}",
                        source_sha256=wformat.sha256_file(src), widths=widths)

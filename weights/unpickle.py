@@ -53,23 +53,52 @@ class _StorageRef:
     self.array = None
 
 
+def _ints(values, what):
+  if not isinstance(values, (tuple, list)) or not all(
+      isinstance(v, int) and not isinstance(v, bool) for v in values):
+    raise NSTError(f"tensor {what} must be a tuple of integers, got {values!r}")
+  return tuple(values)
+
+
 class _Tensor:
-  """A strided view of a storage, materialised once storages are loaded."""
+  """A strided view of a storage, materialised once storages are loaded.
+
+  The view is checked against its storage before any memory is touched: the
+  offset, sizes and strides must be non-negative integers, every element it
+  addresses must lie inside the storage (computed with Python integers, so
+  nothing overflows), and it may not address more elements than the storage
+  holds (a stride-0 view of 10⁶×10⁶ elements over one float is refused, not
+  allocated).
+  """
 
   def __init__(self, storage, offset, size, stride):
-    self.storage, self.offset = storage, int(offset)
-    self.size, self.stride = tuple(size), tuple(stride)
+    if not isinstance(storage, _StorageRef):
+      raise NSTError(f"tensor storage must be a stored tensor, got {type(storage).__name__}")
+    if not isinstance(offset, int) or isinstance(offset, bool):
+      raise NSTError(f"tensor offset must be an integer, got {offset!r}")
+    self.storage, self.offset = storage, offset
+    self.size, self.stride = _ints(size, "sizes"), _ints(stride, "strides")
+    if len(self.size) != len(self.stride):
+      raise NSTError(f"tensor has {len(self.size)} sizes but {len(self.stride)} strides")
 
   def numpy(self):
     base = self.storage.array
+    key = self.storage.key
     if base is None:
-      raise NSTError(f"storage {self.storage.key} was not found in the file")
-    n = int(np.prod(self.size)) if self.size else 1
+      raise NSTError(f"storage {key} was not found in the file")
+    if self.offset < 0 or any(s < 0 for s in self.size) or any(st < 0 for st in self.stride):
+      raise NSTError(f"tensor view of storage {key} has a negative offset, size or stride")
+    n = 1
+    for s in self.size:
+      n *= s
     if n == 0:
       return np.zeros(self.size, base.dtype)
+    if n > base.size:
+      raise NSTError(f"tensor view of storage {key} has {n} elements, more than the "
+                     f"storage's {base.size}")
     last = self.offset + sum((s - 1) * st for s, st in zip(self.size, self.stride))
-    if self.offset < 0 or last >= base.size:
-      raise NSTError(f"tensor view out of range of storage {self.storage.key}")
+    if last >= base.size:
+      raise NSTError(f"tensor view out of range of storage {key}")
     item = base.itemsize
     return np.lib.stride_tricks.as_strided(
         base[self.offset:], shape=self.size,
@@ -149,9 +178,8 @@ def _loads(unpickler_cls, data, *args, what):
     return unpickler_cls(io.BytesIO(data) if isinstance(data, bytes) else data, *args).load()
   except NSTError:
     raise
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-          IndexError, KeyError, struct.error) as e:
-    raise NSTError(f"{what} is not a readable pickle: {e}") from None
+  except Exception as e:   # a damaged or hostile pickle: never a traceback
+    raise NSTError(f"{what} is not a readable pickle: {type(e).__name__}: {e}") from None
 
 
 def load_numpy_pickle(path):

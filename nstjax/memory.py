@@ -1,0 +1,45 @@
+"""What a device can hold, and the image-sized buffers a run keeps."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def device_capacity(device=None) -> int | None:
+  """Bytes the device can use: an accelerator's memory limit, or a CPU host's available RAM.
+
+  ``None`` where neither is reported.
+  """
+  device = device or jax.devices()[0]
+  if device.platform != "cpu":
+    try:
+      stats = device.memory_stats() or {}
+    except Exception:   # backends without memory statistics
+      stats = {}
+    return stats.get("bytes_limit")
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def lbfgs_history_bytes(height: int, width: int, memory: int) -> int:
+  """float32 bytes of an L-BFGS history of ``memory`` (s, y) pairs for an H x W x 3 image."""
+  return 2 * memory * height * width * 3 * 4
+
+
+def human(n: float) -> str:
+  for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+    if abs(n) < 1024 or unit == "PB":
+      return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+    n /= 1024
+  return f"{n:.1f} PB"

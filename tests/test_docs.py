@@ -1,0 +1,44 @@
+"""The README a stranger follows: its Python runs, its command reference is --help, and
+nothing user-facing points outside the repository."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_command_reference_matches_help():
+  proc = subprocess.run([sys.executable, str(ROOT / "docs" / "cli_reference.py"), "--check"],
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, "README's command reference is stale: run python docs/cli_reference.py"
+
+
+def test_user_facing_text_stays_inside_the_repository():
+  texts = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *ROOT.glob("docs/*.md")]
+  texts += [p for folder in ("nstjax", "weights", "cli") for p in (ROOT / folder).glob("*.py")]
+  offenders = [str(p.relative_to(ROOT)) for p in texts if "../shared" in p.read_text()]
+  assert offenders == []
+
+
+def test_readme_links_to_files_that_exist():
+  readme = (ROOT / "README.md").read_text()
+  for target in re.findall(r"\]\(([^)#:]+)\)", readme):
+    assert (ROOT / target).exists(), target
+
+
+@pytest.mark.real
+def test_readme_python_blocks_run(tmp_path):
+  blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+  assert blocks
+  (tmp_path / "examples").symlink_to(ROOT / "examples")
+  for i, block in enumerate(blocks):
+    script = tmp_path / f"block{i}.py"
+    script.write_text(block)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=900)
+    assert proc.returncode == 0, f"README python block {i} failed:\n{block}\n{proc.stderr[-2000:]}"
