@@ -108,8 +108,12 @@ def run_record(*, content, style, weights: dict, config, loss_weights: dict) -> 
     except metadata.PackageNotFoundError:
       return None
 
+  styles = style if isinstance(style, (list, tuple)) else [style]
+  from nstjax.pipeline import style_list
+  files = [str(s) for s in style_list(styles)]
   return {"content": str(content), "content_sha256": file_digest(content),
-          "style": str(style), "style_sha256": file_digest(style),
+          "style": files[0] if len(files) == 1 else files,
+          "style_sha256": file_digest(files[0]) if len(files) == 1 else [file_digest(f) for f in files],
           "weights": weights, "loss_weights": loss_weights, "config": dataclasses.asdict(config),
           "versions": {"nstjax": version("nstjax"), "jax": jax.__version__,
                        "jaxlib": version("jaxlib"), "python": sys.version.split()[0]},
@@ -119,13 +123,8 @@ def run_record(*, content, style, weights: dict, config, loss_weights: dict) -> 
 
 def read_run_file(path) -> dict:
   """A previous run's summary (or a bare settings object) for ``--config``."""
-  import json
-  try:
-    data = json.loads(Path(path).read_text())
-  except (OSError, ValueError) as e:
-    raise NSTError(f"cannot read --config {path}: {e}") from None
-  if not isinstance(data, dict):
-    raise NSTError(f"--config {path}: expected a JSON object")
+  from nstjax.files import read_json_object
+  data = read_json_object(path, "--config")
   settings = data.get("config", data)
   if not isinstance(settings, dict):
     raise NSTError(f"--config {path}: 'config' is not an object")

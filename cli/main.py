@@ -57,7 +57,9 @@ def _intermediate_path(output: Path, iteration: int) -> Path:
 def stylize(
     ctx: typer.Context,
     content: Optional[Path] = typer.Argument(None, help="Content image (default: the --config summary's)."),
-    style: Optional[Path] = typer.Argument(None, help="Style image (default: the --config summary's)."),
+    style: Optional[list[Path]] = typer.Argument(
+        None, help="Style image(s): several are blended (--style-blend-weights); a folder means every "
+                   "image in it (default: the --config summary's)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output image (.png keeps the parameters in its metadata)."),
     preset: Optional[str] = PRESET_OPTION,
     config_file: Optional[Path] = typer.Option(
@@ -77,10 +79,11 @@ def stylize(
     config_values = {**previous["config"], **{k: v for k, v in config_values.items() if k in given}}
     content = content or previous.get("content")
     style = style or previous.get("style")
+    style = [style] if isinstance(style, str) else style
     weights = weights or (previous.get("weights") or {}).get("path")
-  if content is None or style is None:
+  if content is None or not style:
     raise NSTError("give CONTENT and STYLE images (or --config with a previous run's summary)")
-  content, style = Path(content), Path(style)
+  content, styles = Path(content), [Path(s) for s in style]
   config = StyleConfig(**config_values)
   if save_every < 0:
     raise NSTError(f"--save-every must be >= 0, got {save_every}")
@@ -96,20 +99,24 @@ def stylize(
     files.check_name_length(path)
   if summary is not None:
     check_json_writable(summary)
-  files.check_distinct({"content image": content, "style image": style},
+  init_file = Path(config.init) if config.init not in ("content", "noise", "style") else None
+  files.check_distinct({"content image": content, "init image": init_file,
+                        **{f"style image {s}": s for s in styles}},
                        {"output": output, "summary": summary,
                         **{f"--save-every image {p.name}": p for p in intermediates}})
 
+  from nstjax.pipeline import style_list
   content_img = nimage.load_image(content)
-  style_img = nimage.load_image(style)
+  style_imgs = [nimage.load_image(s) for s in style_list(styles)]
   net, weights_record = load_net(weights, quiet)
   if preset is not None:
     config = apply_preset(preset, config, net, given)
   config.validate(net.arch)
   enable_compilation_cache()
   with guarded_compilation_cache():
-    prepared = pipeline.prepare(net, content_img, style_img, config)
-  record = run_record(content=content, style=style, weights=weights_record, config=config,
+    prepared = pipeline.prepare(net, content_img, style_imgs if len(style_imgs) > 1 else style_imgs[0],
+                                config)
+  record = run_record(content=content, style=styles, weights=weights_record, config=config,
                       loss_weights=prepared.loss_weights)
 
   def save(img, path=output, **state):

@@ -41,6 +41,15 @@ def cli_type(field: dataclasses.Field):
   return Optional[typ] if field.default is None else typ
 
 
+METAVARS = {"init": "content|noise|style|PATH"}
+
+# Flags the classic tools spell differently: flag -> (parameter name, field, value, help).
+ALIASES = {
+    "--original-colors": ("original_colors", "preserve_colors", "post",
+                          "Alias of --preserve-colors post (jcjohnson/neural-style's -original_colors 1)."),
+}
+
+
 def parameters() -> list[inspect.Parameter]:
   """One keyword-only Typer parameter per config field."""
   params = []
@@ -50,9 +59,13 @@ def parameters() -> list[inspect.Parameter]:
     # like every other bad value); the metavar lists them.
     info = typer.Option(cli_default(f), flag(f), help=f.metadata["help"],
                         rich_help_panel=f.metadata["group"],
-                        metavar="|".join(choices) if choices else None)
+                        metavar="|".join(choices) if choices else METAVARS.get(f.name))
     params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info,
                                     annotation=cli_type(f)))
+  for flag_, (name, field, _, help_) in ALIASES.items():
+    group = nconfig.per_job_fields()[field].metadata["group"]
+    params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                    default=typer.Option(False, flag_, help=help_, rich_help_panel=group)))
   return params
 
 
@@ -60,7 +73,7 @@ def config_options(func):
   """Decorator: ``func(..., config_values: dict)`` gets every config field as an option."""
   own = inspect.signature(func, eval_str=True)
   mine = [p for p in own.parameters.values() if p.name != "config_values"]
-  clash = {p.name for p in mine} & {f.name for f in nconfig.fields()}
+  clash = {p.name for p in mine} & ({f.name for f in nconfig.fields()} | {a[0] for a in ALIASES.values()})
   if clash:
     raise TypeError(f"{func.__name__} declares config fields itself: {sorted(clash)}")
   params = mine + parameters()
@@ -69,6 +82,9 @@ def config_options(func):
   @functools.wraps(func)
   def command(**kwargs):
     values = {name: kwargs.pop(name) for name in names}
+    for name, field, value, _ in ALIASES.values():
+      if kwargs.pop(name):
+        values[field] = value
     return func(config_values=values, **kwargs)
 
   command.__signature__ = own.replace(parameters=params)
@@ -79,6 +95,7 @@ def config_options(func):
 
 def explicit(ctx: typer.Context) -> set[str]:
   """Config fields the user gave on the command line (not left at their default)."""
-  return {name for name in ctx.params
-          if ctx.get_parameter_source(name) is not None
-          and ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+  given = {name for name in ctx.params
+           if ctx.get_parameter_source(name) is not None
+           and ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+  return given | {field for name, field, _, _ in ALIASES.values() if name in given}

@@ -30,8 +30,13 @@ def help_text(args) -> str:
   return "\n".join(line.rstrip() for line in out.strip("\n").splitlines())
 
 
+def typer_version() -> str:
+  from importlib import metadata
+  return metadata.version("typer")
+
+
 def reference() -> str:
-  parts = []
+  parts = [f"<!-- rendered by docs/cli_reference.py with typer {typer_version()} -->"]
   for args in COMMANDS:
     title = " ".join(["nstjax", *args])
     parts.append(f"<details><summary><code>{title} --help</code></summary>\n\n```text\n"

@@ -40,7 +40,7 @@ _EXPORTS = {
     "cache_info": "nstjax.programs", "clear_cache": "nstjax.programs",
     "VGGParams": "nstjax.vgg", "features": "nstjax.vgg", "load_weights": "nstjax.weights.registry",
 }
-_SUBMODULES = ("attention", "attention_map", "batch", "config", "errors", "files", "flax_vgg",
+_SUBMODULES = ("attention", "attention_map", "batch", "colour", "config", "errors", "files", "flax_vgg",
                "image", "jobs", "losses", "memory", "normalize", "objective", "optim", "pipeline",
                "programs", "style", "vgg", "weights", "cli")
 

@@ -67,7 +67,7 @@ def attention_reference(q: Array, k: Array, v: Array, *, scale: float = 1.0) -> 
 
 @functools.partial(jax.jit, static_argnames=("q_chunk", "k_chunk"))
 def chunked_attention(q: Array, k: Array, v: Array, *, scale: float | Array = 1.0,
-                      q_chunk: int = 1024, k_chunk: int = 2048) -> Array:
+                      q_chunk: int = 1024, k_chunk: int = 2048, bias: Array | None = None) -> Array:
   """``softmax(scale · q kᵀ) v`` in O(q_chunk × k_chunk) working memory.
 
   For each chunk of ``q_chunk`` queries (``lax.map``), a ``lax.scan`` over chunks
@@ -82,6 +82,8 @@ def chunked_attention(q: Array, k: Array, v: Array, *, scale: float | Array = 1.
     q: (Nc, C) queries. k: (Ns, C) keys. v: (Ns, Cv) values.
     scale: multiplies the logits (1 / temperature).
     q_chunk, k_chunk: chunk sizes (static).
+    bias: optional (Ns,) added to every query's logits for each key (a log prior
+      over the keys: ``log w`` weights key j's probability by w_j; −∞ drops it).
 
   Returns:
     (Nc, Cv) float32.
@@ -103,14 +105,16 @@ def chunked_attention(q: Array, k: Array, v: Array, *, scale: float | Array = 1.
   v = jnp.pad(v.astype(jnp.float32), ((0, nk * k_chunk - ns), (0, 0)))
   valid = (jnp.arange(nk * k_chunk) < ns).reshape(nk, 1, k_chunk)
   kc, vc = k.reshape(nk, k_chunk, c), v.reshape(nk, k_chunk, cv)
+  bias = (jnp.zeros((nk, 1, k_chunk), jnp.float32) if bias is None else
+          jnp.pad(bias.astype(jnp.float32), (0, nk * k_chunk - ns)).reshape(nk, 1, k_chunk))
 
   def one_query_chunk(qb):
     qb = qb * scale
 
     def body(carry, block):
       m, l, acc = carry
-      kb, vb, ok = block
-      s = jnp.where(ok, jnp.matmul(qb, kb.T, precision=_HIGHEST), -jnp.inf)
+      kb, vb, ok, bb = block
+      s = jnp.where(ok, jnp.matmul(qb, kb.T, precision=_HIGHEST) + bb, -jnp.inf)
       m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(s, axis=-1)))
       p = jnp.exp(s - m_new[:, None])
       correction = jnp.exp(m - m_new)
@@ -120,7 +124,7 @@ def chunked_attention(q: Array, k: Array, v: Array, *, scale: float | Array = 1.
 
     init = (jnp.full((q_chunk,), -jnp.inf, jnp.float32), jnp.zeros((q_chunk,), jnp.float32),
             jnp.zeros((q_chunk, cv), jnp.float32))
-    (_, l, acc), _ = jax.lax.scan(body, init, (kc, vc, valid))
+    (_, l, acc), _ = jax.lax.scan(body, init, (kc, vc, valid, bias))
     return acc / l[:, None]
 
   out = jax.lax.map(one_query_chunk, q.reshape(nq, q_chunk, c))
@@ -173,23 +177,40 @@ def choose_chunks(nc: int, ns: int, c: int, cv: int, budget: int) -> tuple[int, 
   return best
 
 
-def attention_target(fc: Array, fs: Array, *, temperature: float = 1.0,
-                     q_chunk: int = 1024, k_chunk: int = 2048) -> Array:
+def attention_target(fc: Array, fs, *, temperature: float = 1.0,
+                     q_chunk: int = 1024, k_chunk: int = 2048, style_weights=None) -> Array:
   """SA of eq. 7: the Gram of the attention-rearranged, mean-centred style features.
 
+  Several style images: the attention runs over the union of their positions
+  (each style's keys normalised by its own statistics), with style i's
+  positions weighted by its blend weight w_i as a prior:
+  p(j | i) ∝ w_s(j) exp(C̄_i · Ā_j / T). So the styles compete for each content
+  position in proportion to their weights, and a weight of 0 removes a style.
+
   Args:
-    fc: content features (h, w, C). fs: style features (h', w', C) (any size).
+    fc: content features (h, w, C). fs: style features (h', w', C) (any size),
+      or a list of them.
     temperature: softmax temperature T (logits divided by T; the paper: 1).
     q_chunk, k_chunk: chunk sizes of :func:`chunked_attention`.
+    style_weights: blend weights of a list of styles (default equal).
 
   Returns:
     (C, C) float32, HW-normalised like :func:`nstjax.losses.gram`.
   """
   c = fc.shape[-1]
   content = fc.reshape(-1, c).astype(jnp.float32)
-  style = fs.reshape(-1, c).astype(jnp.float32)
-  fa = chunked_attention(mvn(content), mvn(style), style, scale=1.0 / temperature,
-                         q_chunk=q_chunk, k_chunk=k_chunk)
+  if isinstance(fs, (list, tuple)):
+    flat = [f.reshape(-1, c).astype(jnp.float32) for f in fs]
+    weights = style_weights or [1.0 / len(flat)] * len(flat)
+    keys = jnp.concatenate([mvn(f) for f in flat])
+    values = jnp.concatenate(flat)
+    bias = jnp.concatenate([jnp.full((f.shape[0],), jnp.log(jnp.float32(w)))
+                            for f, w in zip(flat, weights)])
+  else:
+    values = fs.reshape(-1, c).astype(jnp.float32)
+    keys, bias = mvn(values), None
+  fa = chunked_attention(mvn(content), keys, values, scale=1.0 / temperature,
+                         q_chunk=q_chunk, k_chunk=k_chunk, bias=bias)
   fa = fa - jnp.mean(fa, axis=0, keepdims=True)   # mean- but not variance-normalised (paper §2.3)
   return jnp.matmul(fa.T, fa, precision=_HIGHEST) / fa.shape[0]
 

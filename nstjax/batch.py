@@ -34,7 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from nstjax import objective, optim, programs, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NSTError
-from nstjax.pipeline import Prepared, Result, loss_floats, prepare, start_state, summarise
+from nstjax.pipeline import (Prepared, Result, finish_image, loss_floats, prepare, start_state,
+                             summarise)
 
 Array = jax.Array
 
@@ -145,7 +146,7 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   except KeyboardInterrupt:
     status = "interrupted"
   seconds = time.perf_counter() - t_loop
-  sharding = {"spec": str(state.image.sharding.spec),
+  sharding = {"spec": [None if a is None else str(a) for a in state.image.sharding.spec],
               "devices_used": len(state.image.sharding.device_set)}
   final = np.asarray(state.image)
   last_checked = np.asarray(previous)
@@ -170,7 +171,7 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
     results.append(Result(
         # No per-job state: slicing every job's L-BFGS history out of the group
         # would copy it (630 MB a job at 512 px); continue a job with nstjax.run.
-        image=np.clip(image, 0.0, 1.0), status=job_status, summary=summary, state=None,
+        image=finish_image(p, image), status=job_status, summary=summary, state=None,
         reason="the loss became non-finite; the last finite image is kept"
         if job_status == "non-finite" else None))
   return results

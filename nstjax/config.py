@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 from nstjax import objective, vgg
@@ -35,7 +36,8 @@ KINDS = (STATIC, TRACED, HOST)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)   # the papers' "conv4_2": Caffe's blob after its in-place ReLU
 OPTIMIZERS = ("lbfgs", "adam")
-INITS = ("content", "noise", "style")
+INITS = ("content", "noise", "style")   # or an image file's path
+COLOUR_MODES = ("none", "post", "match", "luminance")
 STYLE_LOSSES = ("gram", "pca", "pca-paper", "svd", "weighted")
 ATTENTION_GRAMS = ("centered", "raw")
 
@@ -97,7 +99,9 @@ def _names(value, name):
 
 
 def _numbers(value, name):
-  """``"0.2,0.8"`` or a list -> ``(0.2, 0.8)``."""
+  """``"0.2,0.8"``, a list or one number -> ``(0.2, 0.8)``."""
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = [value]
   if isinstance(value, str):
     value = [s for s in value.split(",") if s.strip()]
   if not isinstance(value, (list, tuple)):
@@ -150,8 +154,8 @@ def option(default, *, kind: str, help: str, read: Callable[[Any, str], Any], gr
       "static_part": static_part})
 
 
-G_RUN, G_WEIGHTS, G_LAYERS, G_OPT, G_INIT, G_STYLE, G_ATTN = (
-    "Size and steps", "Loss weights", "Layers", "Optimiser", "Start image",
+G_RUN, G_WEIGHTS, G_LAYERS, G_OPT, G_INIT, G_COLOUR, G_STYLE, G_ATTN = (
+    "Size and steps", "Loss weights", "Layers", "Optimiser", "Start image", "Colour",
     "Style representation", "Attention loss")
 
 
@@ -162,7 +166,10 @@ class StyleConfig:
   Attributes:
     size: long side of the output in pixels (content resized, aspect kept);
       ``None`` keeps the content image's size.
-    style_scale: style image's long side as a multiple of ``size``.
+    style_scale: style images' long side as a multiple of the content's (one
+      value, or one per style image).
+    style_blend_weights: the style images' weights (``None``: equal); normalised
+      to sum 1, and a style of weight 0 is dropped.
     iterations: optimiser steps. An L-BFGS step may evaluate the loss several
       times (line search); the number of evaluations is reported separately.
     optimizer: ``"lbfgs"`` (optax L-BFGS with zoom line search) or ``"adam"``.
@@ -190,8 +197,12 @@ class StyleConfig:
   """
   size: int | None = option(512, kind=HOST, read=_optional(_number(int)), group=G_RUN,
                             help="Long side of the output in pixels (aspect kept).")
-  style_scale: float = option(1.0, kind=HOST, read=_number(float), group=G_RUN,
-                              help="Style image's long side relative to --size.")
+  style_scale: tuple[float, ...] = option((1.0,), kind=HOST, read=_numbers, group=G_RUN,
+                                         help="Style images' long side relative to --size: one "
+                                              "value, or one per style image.")
+  style_blend_weights: tuple[float, ...] | None = option(
+      None, kind=HOST, read=_optional(_numbers), group=G_RUN,
+      help="Weights of the style images (default equal; normalised to sum 1).")
   iterations: int = option(500, kind=HOST, read=_number(int), group=G_RUN,
                            help="Optimiser steps (an L-BFGS step may evaluate the loss more than once).")
   optimizer: str = option("lbfgs", kind=STATIC, read=_text, group=G_OPT, choices=OPTIMIZERS,
@@ -222,10 +233,15 @@ class StyleConfig:
       help="Comma-separated per-layer style weights (default 1/L each).")
   pooling: str = option("avg", kind=STATIC, read=_text, group=G_LAYERS, choices=vgg.POOLINGS,
                         help="Pooling between VGG blocks (Gatys: avg).")
-  init: str = option("content", kind=TRACED, read=_text, group=G_INIT, choices=INITS,
-                     help="Start image.")
+  init: str = option("content", kind=TRACED, read=_text, group=G_INIT,
+                     help="Start image: content, noise, style, or an image file (resized to the "
+                          "working size).")
   seed: int = option(0, kind=TRACED, read=_number(int), group=G_INIT,
                      help="Seed for --init noise.")
+  preserve_colors: str = option("none", kind=HOST, read=_text, group=G_COLOUR, choices=COLOUR_MODES,
+                                help="Keep the content's colours: post (the output's luminance with the "
+                                     "content's chroma), match (the style recoloured to the content's "
+                                     "colour statistics) or luminance (luminance-only transfer).")
   style_loss: str = option("gram", kind=STATIC, read=_text, group=G_STYLE, choices=STYLE_LOSSES,
                            help="Style representation (README: cheaper style representations).")
   pca_k: str = option("0.5", kind=HOST, read=_k_spec, group=G_STYLE,
@@ -310,8 +326,14 @@ class StyleConfig:
                        f"expected one of {', '.join(choices)}")
     if self.size is not None and not (16 <= self.size <= 16384):
       raise NSTError(f"size must be between 16 and 16384 pixels, got {self.size}")
-    if not (math.isfinite(self.style_scale) and 0 < self.style_scale <= 8):
-      raise NSTError(f"style_scale must be in (0, 8], got {self.style_scale}")
+    if not self.style_scale or not all(math.isfinite(s) and 0 < s <= 8 for s in self.style_scale):
+      raise NSTError(f"style scale must be one or more numbers in (0, 8], got {self.style_scale}")
+    if self.style_blend_weights is not None:
+      if not all(math.isfinite(w) and w >= 0 for w in self.style_blend_weights):
+        raise NSTError(f"style blend weights must be finite numbers >= 0, got "
+                       f"{self.style_blend_weights}")
+      if not sum(self.style_blend_weights) > 0:
+        raise NSTError("style blend weights must not all be 0")
     if self.iterations < 0:
       raise NSTError(f"iterations must be >= 0, got {self.iterations}")
     if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
@@ -325,6 +347,9 @@ class StyleConfig:
     for what in ("content", "style", "attention"):
       for w in getattr(self, f"{what}_layer_weights") or ():
         finite_nonneg(f"{what} layer weight", w)
+    if self.init not in INITS and not Path(self.init).is_file():
+      raise NSTError(f"init must be content, noise, style or an image file; {self.init!r} is none "
+                     f"of these")
     self.style_spec().validate()
     if not (math.isfinite(self.attention_temperature) and self.attention_temperature > 0):
       raise NSTError(f"attention temperature must be > 0, got {self.attention_temperature}")

@@ -10,10 +10,29 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from nstjax.errors import NSTError
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, n))
+
+
+def _hold_stop_signals():
+  """Blocks the stop signals (main thread, POSIX); returns what to restore."""
+  if (not hasattr(signal, "pthread_sigmask")
+      or threading.current_thread() is not threading.main_thread()):
+    return None
+  return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _release(held):
+  if held is not None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 @contextlib.contextmanager
@@ -23,12 +42,20 @@ def atomic_path(path, suffix=""):
   A failure or interruption leaves ``path`` as it was and no partial file.
   """
   path = Path(path)
-  # A short prefix keeps the temporary name within the file system's name limit
-  # (255 bytes) whatever the target's length; the random part keeps it unique.
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=suffix[:16] + ".part",
-                             dir=path.parent)
-  os.close(fd)
+  # Stop signals wait while the temporary file is created, so that one arriving
+  # then is raised inside the try below, which removes the file.
+  held = _hold_stop_signals()
   try:
+    # A short prefix keeps the temporary name within the file system's name limit
+    # (255 bytes) whatever the target's length; the random part keeps it unique.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=suffix[:16] + ".part",
+                               dir=path.parent)
+    os.close(fd)
+  except BaseException:
+    _release(held)
+    raise
+  try:
+    _release(held)
     yield Path(tmp)
     # mkstemp creates 0600 files; give the result the mode a plain open() would.
     umask = os.umask(0)
@@ -50,6 +77,17 @@ def write_json(path, data: dict) -> Path:
   except OSError as e:
     raise NSTError(f"cannot write {path}: {e.strerror or e}") from None
   return path
+
+
+def read_json_object(path, what: str) -> dict:
+  """A JSON file holding an object; NSTError naming ``what`` if unreadable or not an object."""
+  try:
+    data = json.loads(Path(path).read_text())
+  except (OSError, ValueError) as e:
+    raise NSTError(f"cannot read {what} {path}: {e}") from None
+  if not isinstance(data, dict):
+    raise NSTError(f"{what} {path}: expected a JSON object")
+  return data
 
 
 NAME_MAX = 255   # bytes in one path component on Linux, macOS and Windows file systems

@@ -121,16 +121,21 @@ def as_rgb(x, what: str = "image") -> np.ndarray:
   return a
 
 
+def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Resizes to exactly ``height`` x ``width`` (Lanczos, per channel in float)."""
+  h, w = image.shape[:2]
+  if (h, w) == (height, width):
+    return image.astype(np.float32)
+  channels = [Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(
+      (width, height), Image.LANCZOS) for c in range(image.shape[-1])]
+  return np.clip(np.stack([np.asarray(c) for c in channels], -1), 0.0, 1.0).astype(np.float32)
+
+
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
   """Resizes so the longer side is ``size`` pixels, keeping the aspect ratio (Lanczos)."""
   h, w = image.shape[:2]
   scale = size / max(h, w)
-  new = (max(1, round(w * scale)), max(1, round(h * scale)))
-  if new == (w, h):
-    return image.astype(np.float32)
-  channels = [Image.fromarray(image[..., c].astype(np.float32), mode="F").resize(new, Image.LANCZOS)
-              for c in range(image.shape[-1])]
-  return np.clip(np.stack([np.asarray(c) for c in channels], -1), 0.0, 1.0).astype(np.float32)
+  return resize_to(image, max(1, round(h * scale)), max(1, round(w * scale)))
 
 
 def to_uint8(image) -> np.ndarray:

@@ -35,14 +35,16 @@ def _slug(text: str) -> str:
 
 
 def job_name(content, style, overrides: dict) -> str:
-  parts = [Path(str(content)).stem, Path(str(style)).stem]
+  styles = style if isinstance(style, (list, tuple)) else [style]
+  parts = [Path(str(content)).stem, "+".join(Path(str(s)).stem for s in styles)]
   parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(overrides.items())]
   return _slug("__".join(parts))
 
 
 def make_job(content, style, raw_overrides=None, name=None) -> dict:
   """A job dict: name, content, style, overrides (typed) or error (the reason it cannot run)."""
-  job = {"content": str(content), "style": str(style), "raw": dict(raw_overrides or {})}
+  style = [str(s) for s in style] if isinstance(style, (list, tuple)) else str(style)
+  job = {"content": str(content), "style": style, "raw": dict(raw_overrides or {})}
   try:
     job["overrides"] = parse_overrides(raw_overrides or {})
     job["error"] = None
@@ -127,15 +129,24 @@ def read_manifest(path) -> list[dict]:
       jobs.append(_failed_row(i, row))
       continue
     content, style, name = row.get("content"), row.get("style"), row.get("name")
-    if not (isinstance(content, str) and content and isinstance(style, str) and style):
-      jobs.append(_failed_row(i, "needs 'content' and 'style' image paths (strings)"))
+    if isinstance(style, str) and ";" in style:   # several styles in one CSV cell: a.jpg;b.jpg
+      style = [s.strip() for s in style.split(";") if s.strip()]
+    styles_ok = (isinstance(style, str) and style) or (
+        isinstance(style, list) and style and all(isinstance(s, str) and s for s in style))
+    if not (isinstance(content, str) and content and styles_ok):
+      jobs.append(_failed_row(i, "needs 'content' and 'style' image paths (strings; style may be "
+                                 "a list)"))
       continue
     if name is not None and not (isinstance(name, str) and name.strip()):
       jobs.append(_failed_row(i, f"'name' must be a non-empty string, got {name!r}"))
       continue
     rel = lambda p: str(p if Path(p).is_absolute() else path.parent / p)
     extra = {k: v for k, v in row.items() if k not in ("content", "style", "name")}
-    jobs.append(make_job(rel(content), rel(style), extra, name or None))
+    init = extra.get("init")
+    if isinstance(init, str) and init and init not in config.INITS:
+      extra["init"] = rel(init)   # a start image, relative to the manifest like the others
+    style = [rel(s) for s in style] if isinstance(style, list) else rel(style)
+    jobs.append(make_job(rel(content), style, extra, name or None))
   return jobs
 
 

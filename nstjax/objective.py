@@ -47,25 +47,39 @@ DEFAULT_LOSS_WEIGHTS = {   # (preprocessing, filter-mean normalised) -> {term: w
 
 
 class TargetInputs:
-  """What a term's target function may read: the two images and their features.
+  """What a term's target function may read: the images and their features.
+
+  Attributes:
+    content: (H, W, 3) content image.
+    styles: the style images (one or more), each (H', W', 3).
+    style_weights: their blend weights (positive, summing to 1).
+    style: the first style image.
 
   Features are computed once per image for the union of layers every active
   term asks for (:func:`make_targets`), not once per term.
   """
 
-  def __init__(self, net: vgg.VGGParams, content: Array, style: Array, pooling: str,
-               layers: Mapping[str, tuple[str, ...]]):
-    self.net, self.content, self.style, self.pooling = net, content, style, pooling
+  def __init__(self, net: vgg.VGGParams, content: Array, styles, pooling: str,
+               layers: Mapping[str, tuple[str, ...]], style_weights=None):
+    self.net, self.content, self.pooling = net, content, pooling
+    self.styles = tuple(styles)
+    self.style = self.styles[0]
+    self.style_weights = tuple(style_weights or (1.0 / len(self.styles),) * len(self.styles))
     self._features = {}
     self._layers = layers
 
-  def features(self, which: str) -> dict[str, Array]:
-    """``{layer: (h, w, C)}`` of the ``"content"`` or ``"style"`` image."""
-    if which not in self._features:
-      image = self.content if which == "content" else self.style
-      self._features[which] = _features(self.net, image, layers=self._layers[which],
-                                        pooling=self.pooling)
-    return self._features[which]
+  def features(self, which: str, index: int = 0) -> dict[str, Array]:
+    """``{layer: (h, w, C)}`` of the ``"content"`` image or of style image ``index``."""
+    key = (which, index)
+    if key not in self._features:
+      image = self.content if which == "content" else self.styles[index]
+      self._features[key] = _features(self.net, image, layers=self._layers[which],
+                                       pooling=self.pooling)
+    return self._features[key]
+
+  def style_features(self) -> list[dict[str, Array]]:
+    """Every style image's features."""
+    return [self.features("style", i) for i in range(len(self.styles))]
 
 
 _features = jax.jit(vgg.features, static_argnames=("layers", "pooling"))
@@ -141,10 +155,24 @@ register(Term(
 
 
 def _style_target(inputs, c):
+  """Each representation's target from the style Gram; several styles blend their Grams.
+
+  A = Σ_i w_i gram(F_i) (size-normalised Grams, jcjohnson's rule), and every
+  representation is a function of A: ``pca`` and ``pca-paper`` take the
+  blended Gram's principal subspace, ``svd`` truncates the blended Gram's
+  spectrum, ``weighted`` takes its channel energies. One style: A = gram(F).
+  """
   spec = c.style_spec()
   rep = nstyle.REPRESENTATIONS[spec.kind]
-  feats = inputs.features("style")
-  return {k: rep.target(feats[k], spec, k) for k in c.style_layers}
+  feats = inputs.style_features()
+  out = {}
+  for k in c.style_layers:
+    if len(feats) == 1:
+      a = losses.gram(feats[0][k])
+    else:
+      a = sum(w * losses.gram(f[k]) for w, f in zip(inputs.style_weights, feats))
+    out[k] = rep.from_gram(a, spec, k)
+  return out
 
 
 register(Term(
@@ -168,11 +196,11 @@ register(Term(
 
 
 def _attention_target(inputs, c):
-  fc, fs = inputs.features("content"), inputs.features("style")
+  fc, styles = inputs.features("content"), inputs.style_features()
   out = {}
   for layer in c.attention_layers:
     nc = fc[layer].shape[0] * fc[layer].shape[1]
-    ns = fs[layer].shape[0] * fs[layer].shape[1]
+    ns = sum(fs[layer].shape[0] * fs[layer].shape[1] for fs in styles)
     if nc == 0 or ns == 0:
       raise NSTError(f"{layer}'s feature map is empty at this size; use a larger --size")
     channels = fc[layer].shape[-1]
@@ -181,9 +209,11 @@ def _attention_target(inputs, c):
     else:
       q_chunk, k_chunk = nattention.choose_chunks(
           nc, ns, channels, channels, nattention.parse_bytes(c.attention_memory))
-    out[layer] = nattention.attention_target(fc[layer], fs[layer],
+    fs = [f[layer] for f in styles]
+    out[layer] = nattention.attention_target(fc[layer], fs[0] if len(fs) == 1 else fs,
                                              temperature=c.attention_temperature,
-                                             q_chunk=q_chunk, k_chunk=k_chunk)
+                                             q_chunk=q_chunk, k_chunk=k_chunk,
+                                             style_weights=inputs.style_weights)
   return out
 
 
@@ -242,10 +272,15 @@ def validate(config, arch: str) -> None:
 
 
 def check_image_sizes(config, content, style) -> None:
-  """Raises NSTError if an image is too small for a layer it must pass through."""
+  """Raises NSTError if an image is too small for a layer it must pass through.
+
+  ``style``: one style image or a list of them.
+  """
   needs = target_layers(config)
-  for what, img, layers in (("content", content, feature_layers(config) + needs["content"]),
-                            ("style", style, needs["style"])):
+  styles = style if isinstance(style, (list, tuple)) else [style]
+  names = ["style"] if len(styles) == 1 else [f"style {i + 1}" for i in range(len(styles))]
+  for what, img, layers in [("content", content, feature_layers(config) + needs["content"])] + [
+      (name, s, needs["style"]) for name, s in zip(names, styles)]:
     if not layers:
       continue
     need = vgg.min_image_size(layers)
@@ -273,10 +308,17 @@ def make_weights(config, preprocessing: str, normalized: bool = False) -> dict[s
                           loss_weights(config, preprocessing, normalized).values())}
 
 
-def make_targets(net: vgg.VGGParams, content: Array, style: Array, config) -> dict[str, Any]:
-  """``{term: target}`` for the active terms: one forward pass per image, once per run."""
-  inputs = TargetInputs(net, jnp.asarray(content, jnp.float32), jnp.asarray(style, jnp.float32),
-                        config.pooling, target_layers(config))
+def make_targets(net: vgg.VGGParams, content: Array, style, config,
+                 style_weights=None) -> dict[str, Any]:
+  """``{term: target}`` for the active terms: one forward pass per image, once per run.
+
+  ``style`` is one style image or a list of them, blended with
+  ``style_weights`` (positive, summing to 1; default equal).
+  """
+  styles = style if isinstance(style, (list, tuple)) else [style]
+  inputs = TargetInputs(net, jnp.asarray(content, jnp.float32),
+                        [jnp.asarray(s, jnp.float32) for s in styles], config.pooling,
+                        target_layers(config), style_weights)
   return {t.name: t.target(inputs, config) for t in active_terms(config)}
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nstjax import colour as ncolour
 from nstjax import image as nimage
 from nstjax import memory, objective, optim, programs, vgg
 from nstjax.config import StyleConfig
@@ -75,25 +76,70 @@ class Prepared:
   config: StyleConfig
   net: vgg.VGGParams        # trimmed to the layers used, with pre-flipped kernels
   content: Array            # (H, W, 3) at the working size
-  style: Array              # (H', W', 3) at the working size
+  styles: tuple             # the style images (H', W', 3) at the working size, weight > 0
+  style_weights: tuple      # their blend weights (positive, summing to 1)
+  colours: Any              # the content at the working size, in colour (post/luminance modes)
   targets: dict             # {term: target}
   weights: dict             # {term: {"weight": w, "layers": {layer: w}}} (float32 arrays)
   loss_weights: dict        # {term: weight} as floats, for the record
 
+  @property
+  def style(self) -> Array:
+    """The first style image (``init="style"`` starts from it)."""
+    return self.styles[0]
+
+
+def style_list(style) -> list:
+  """One style, a list of styles, or a folder (every image in it) -> a list."""
+  from pathlib import Path
+  items = list(style) if isinstance(style, (list, tuple)) else [style]
+  out = []
+  for item in items:
+    if isinstance(item, (str, Path)) and Path(item).is_dir():
+      out += nimage.list_images(item, "style folder")
+    else:
+      out.append(item)
+  if not out:
+    raise NSTError("no style image given")
+  return out
+
+
+def blend_weights(config: StyleConfig, n: int) -> tuple[float, ...]:
+  """The ``n`` styles' weights, normalised to sum 1 (``2,0`` is ``1,0``)."""
+  given = config.style_blend_weights
+  if given is None:
+    return (1.0 / n,) * n
+  if len(given) != n:
+    raise NSTError(f"{len(given)} style blend weights for {n} style images")
+  total = sum(given)
+  return tuple(w / total for w in given)
+
 
 def prepare_images(content, style, config: StyleConfig):
-  """Loads (if paths) and resizes content and style as ``config`` says.
+  """Loads (if paths) and resizes content and style(s) as ``config`` says.
 
-  The content's long side becomes ``config.size`` (``None``: kept); the
-  style's long side ``config.style_scale`` times the content's.
+  The content's long side becomes ``config.size`` (``None``: kept); each
+  style's long side ``config.style_scale`` (one value, or one per style) times
+  the content's. Returns ``(content, style)`` for one style image, ``(content,
+  [styles])`` for a list or a folder.
   """
+  from pathlib import Path
   content = nimage.as_rgb(content, "content")
-  style = nimage.as_rgb(style, "style")
+  several = isinstance(style, (list, tuple)) or (isinstance(style, (str, Path))
+                                                 and Path(style).is_dir())
+  styles = style_list(style)
+  scales = config.style_scale
+  if len(scales) not in (1, len(styles)):
+    raise NSTError(f"{len(scales)} style scales for {len(styles)} style images")
   if config.size is not None:
     content = nimage.resize_long_side(content, config.size)
   long_side = max(content.shape[:2])
-  style = nimage.resize_long_side(style, max(1, round(long_side * config.style_scale)))
-  return content, style
+  out = []
+  for i, s in enumerate(styles):
+    what = "style" if len(styles) == 1 else f"style {i + 1}"
+    scale = scales[i] if len(scales) > 1 else scales[0]
+    out.append(nimage.resize_long_side(nimage.as_rgb(s, what), max(1, round(long_side * scale))))
+  return content, (out if several else out[0])
 
 
 def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: bool = True,
@@ -118,14 +164,29 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
   if resize:
     content, style = prepare_images(content, style, config)
   else:
-    content, style = nimage.as_rgb(content, "content"), nimage.as_rgb(style, "style")
-  objective.check_image_sizes(config, content, style)
+    content = nimage.as_rgb(content, "content")
+    style = [nimage.as_rgb(s, "style") for s in style_list(style)]
+  styles = style if isinstance(style, list) else [style]
+  weights = blend_weights(config, len(styles))
+  # A style of weight 0 is dropped: (1, 0) is exactly the first style alone.
+  styles = [s for s, w in zip(styles, weights) if w > 0]
+  weights = tuple(w for w in weights if w > 0)
+  objective.check_image_sizes(config, content, styles)
   check_history_fits(config, content.shape[0], content.shape[1])
   if network is None:
     network = vgg.prepare(net, objective.network_layers(config))
-  content, style = jnp.asarray(content, jnp.float32), jnp.asarray(style, jnp.float32)
-  return Prepared(config=config, net=network, content=content, style=style,
-                  targets=objective.make_targets(network, content, style, config),
+  colours = content
+  if config.preserve_colors == "match":       # the styles recoloured before their targets
+    styles = [ncolour.match_colour(s, content) for s in styles]
+  elif config.preserve_colors == "luminance":  # the optimisation sees luminance only
+    content_y = ncolour.luminance(content)
+    styles = [ncolour.gray(ncolour.match_luminance(ncolour.luminance(s), content_y)) for s in styles]
+    content = ncolour.gray(content_y)
+  content = jnp.asarray(content, jnp.float32)
+  styles = tuple(jnp.asarray(s, jnp.float32) for s in styles)
+  return Prepared(config=config, net=network, content=content, styles=styles,
+                  style_weights=weights, colours=colours,
+                  targets=objective.make_targets(network, content, list(styles), config, weights),
                   weights=objective.make_weights(config, net.preprocessing, net.normalized),
                   loss_weights=config.loss_weights(net.preprocessing, net.normalized))
 
@@ -165,6 +226,28 @@ def terms_program(prepared: Prepared, image):
                            (image, prepared.net, prepared.targets, prepared.weights))
 
 
+def finish_image(prepared: Prepared, image) -> np.ndarray:
+  """The optimised image as the user gets it: clipped, with the content's chroma in the
+  ``post`` and ``luminance`` colour modes."""
+  image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+  if prepared.config.preserve_colors in ("post", "luminance"):
+    image = ncolour.transfer_chroma(image, prepared.colours)
+  return image
+
+
+def initial_image(prepared: Prepared):
+  """``config.init``: the content, the style (resized), seeded noise, or an image file resized
+  to the working size (Lanczos, as the content was)."""
+  init = prepared.config.init
+  if init in ("content", "noise", "style"):
+    return optim.initial_image(prepared.config, prepared.content, prepared.style)
+  h, w = prepared.content.shape[:2]
+  image = nimage.resize_to(nimage.load_image(init), h, w)
+  if prepared.config.preserve_colors == "luminance":
+    image = ncolour.gray(ncolour.luminance(image))
+  return jnp.asarray(image)
+
+
 def loss_floats(terms: dict, weights: dict) -> dict[str, float]:
   """``{term: value, ..., "total": Σ weight·term}`` as Python floats."""
   out = {k: float(v) for k, v in terms.items()}
@@ -187,7 +270,7 @@ def start_state(prepared: Prepared, start=None) -> optim.State:
                      f"{prepared.content.shape[1]}x{prepared.content.shape[0]}")
     return jax.tree.map(jnp.copy, start)   # the step donates opt_state; keep the caller's
   if start is None:
-    image = optim.initial_image(prepared.config, prepared.content, prepared.style)
+    image = initial_image(prepared)
   else:
     image = jnp.asarray(nimage.as_rgb(start, "start image"))
     if image.shape != prepared.content.shape:
@@ -220,6 +303,7 @@ def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: 
       "losses": final,
       "loss_weights": prepared.loss_weights,
       "style_representation": config.style_spec().describe(),
+      "style_weights": list(prepared.style_weights),
       "height": int(prepared.content.shape[0]), "width": int(prepared.content.shape[1]),
       **devices_record(devices if devices is not None else jax.devices()[:1]),
       **extra,
@@ -293,8 +377,8 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
                       evaluations=int(state.evaluations) - evaluations0, seconds=seconds,
                       compile_seconds=compile_seconds + terms_seconds, initial=initial, final=final,
                       **({"interrupted_by": stopped_by} if stopped_by else {}))
-  return Result(image=np.clip(np.asarray(state.image), 0.0, 1.0), status=status,
-                summary=summary, state=state)
+  return Result(image=finish_image(prepared, state.image), status=status, summary=summary,
+                state=state)
 
 
 def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConfig(), *,

@@ -16,7 +16,6 @@ uniform weights reproduce the Gram loss exactly (up to float32 rounding).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -130,10 +129,10 @@ def _eigh_desc(g):
 
 # --- gram -------------------------------------------------------------------
 
-def gram_target(f: Array, spec: StyleSpec, layer: str):
+def gram_from_gram(a: Array, spec: StyleSpec, layer: str):
   """Eq. 2 target: the style Gram A (C, C)."""
   del spec, layer
-  return losses.gram(f)
+  return a
 
 
 def gram_loss(f: Array, target: Array) -> Array:
@@ -143,13 +142,12 @@ def gram_loss(f: Array, target: Array) -> Array:
 
 # --- pca (ours) --------------------------------------------------------------
 
-def pca_target(f: Array, spec: StyleSpec, layer: str):
+def pca_from_gram(a: Array, spec: StyleSpec, layer: str):
   """Principal subspace of the style Gram, fixed for the run.
 
   U_k: the top-k eigenvectors of the style Gram A (C, k); target
   :math:`U_k^T A U_k` (k, k), which is diag(λ_1..λ_k).
   """
-  a = losses.gram(f)
   w, v = _eigh_desc(a)
   k = choose_k(spec.pca_k, np.asarray(w), layer)
   basis = v[:, :k]
@@ -188,9 +186,8 @@ def _paper_projection(g, k):
   return gc @ u[:, :k]
 
 
-def pca_paper_target(f: Array, spec: StyleSpec, layer: str):
+def pca_paper_from_gram(a: Array, spec: StyleSpec, layer: str):
   """The paper's own style target: centred style Gram times its top-k singular vectors (C, k)."""
-  a = losses.gram(f)
   w, _ = _eigh_desc(a)
   k = choose_k(spec.pca_k, np.asarray(w), layer)
   return _paper_projection(a, k)
@@ -213,7 +210,7 @@ def pca_paper_loss(f: Array, target: Array) -> Array:
 
 # --- svd ---------------------------------------------------------------------
 
-def svd_target(f: Array, spec: StyleSpec, layer: str):
+def svd_from_gram(a: Array, spec: StyleSpec, layer: str):
   """Gram of the SVD-truncated style features, from the (C, C) Gram's eigendecomposition.
 
   With F = U Σ Vᵀ (HW, C), :math:`F^T F / HW = V (Σ^2/HW) V^T`, so the singular
@@ -223,7 +220,6 @@ def svd_target(f: Array, spec: StyleSpec, layer: str):
   matrix is formed, so memory does not grow with resolution.
   """
   del layer
-  a = losses.gram(f)
   w, v = _eigh_desc(a)
   lam = jnp.clip(w, 0.0, None)
   sigma = jnp.sqrt(lam)
@@ -252,12 +248,9 @@ def svd_loss(f: Array, target: Array) -> Array:
 # --- weighted ----------------------------------------------------------------
 
 def load_channel_weights(path) -> dict[str, np.ndarray]:
-  try:
-    data = json.loads(Path(path).read_text())
-  except (OSError, ValueError) as e:
-    raise NSTError(f"cannot read channel weights {path}: {e}") from None
-  if not isinstance(data, dict):
-    raise NSTError(f"channel weights {path}: expected a JSON object {{layer: [weights]}}")
+  """``{layer: (C,) weights}`` from a JSON object ``{"relu1_1": [w, ...], ...}``."""
+  from nstjax.files import read_json_object
+  data = read_json_object(path, "channel weights")
   out = {}
   for k, v in data.items():
     try:
@@ -269,9 +262,8 @@ def load_channel_weights(path) -> dict[str, np.ndarray]:
   return out
 
 
-def weighted_target(f: Array, spec: StyleSpec, layer: str):
+def weighted_from_gram(a: Array, spec: StyleSpec, layer: str):
   """Style Gram and per-channel weights w (C,) for :math:`G_w = \\mathrm{diag}(w) G`."""
-  a = losses.gram(f)
   c = a.shape[0]
   if spec.channel_weights == "uniform":
     w = jnp.ones((c,), jnp.float32)
@@ -305,17 +297,38 @@ def weighted_loss(f: Array, target) -> Array:
 
 
 class Representation(NamedTuple):
-  target: Callable[[Array, StyleSpec, str], Any]
+  """A style representation: its target from the style Gram (computed once), and its loss.
+
+  Every target is a function of the style's (HW-normalised) Gram A alone, so
+  several styles blend by blending their Grams (jcjohnson's rule for the Gram;
+  :func:`nstjax.objective` applies it to every representation).
+  """
+  from_gram: Callable[[Array, StyleSpec, str], Any]
   loss: Callable[[Array, Any], Array]
+
+  def target(self, f: Array, spec: StyleSpec, layer: str):
+    """The target of one style image's features f (h, w, C)."""
+    return self.from_gram(losses.gram(f), spec, layer)
 
 
 REPRESENTATIONS = {
-    "gram": Representation(gram_target, gram_loss),
-    "pca": Representation(pca_target, pca_loss),
-    "pca-paper": Representation(pca_paper_target, pca_paper_loss),
-    "svd": Representation(svd_target, svd_loss),
-    "weighted": Representation(weighted_target, weighted_loss),
+    "gram": Representation(gram_from_gram, gram_loss),
+    "pca": Representation(pca_from_gram, pca_loss),
+    "pca-paper": Representation(pca_paper_from_gram, pca_paper_loss),
+    "svd": Representation(svd_from_gram, svd_loss),
+    "weighted": Representation(weighted_from_gram, weighted_loss),
 }
+
+
+def _target_of_features(name):
+  def target(f: Array, spec: StyleSpec, layer: str):
+    return REPRESENTATIONS[name].target(f, spec, layer)
+  target.__doc__ = f"``{name}``'s target of one style image's features f (h, w, C)."
+  return target
+
+
+gram_target, pca_target, pca_paper_target, svd_target, weighted_target = (
+    _target_of_features(n) for n in ("gram", "pca", "pca-paper", "svd", "weighted"))
 
 
 def style_targets(features: dict[str, Array], spec: StyleSpec) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def test_sharded_over_four_devices_equals_unsharded(tiny_net, tmp_path):
   assert info["devices"] == 4
   # 3 jobs on 4 devices: padded to 4, the padding discarded, every device used.
   assert info["batch"] == {"group_size": 3, "padded_to": 4, "devices": 4,
-                           "spec": "P('data',)", "devices_used": 4}
+                           "spec": ["data"], "devices_used": 4}
   contents, styles, configs = _jobs(3)
   local = nstjax.stylize_batch(tiny_net, contents, styles, configs)
   np.testing.assert_allclose(np.load(out), np.stack([r.image for r in local]), atol=1e-6)

