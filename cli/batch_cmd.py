@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from nstjax.cli.common import (PRESET_OPTION, STOP, WEIGHTS_OPTION, apply_preset,
+from nstjax.cli.common import (BIT_DEPTH_OPTION, PRESET_OPTION, STOP, WEIGHTS_OPTION, apply_preset,
                                enable_compilation_cache, guarded_compilation_cache, load_net, say)
 from nstjax.cli.options import config_options, explicit
 from nstjax.errors import NSTError
@@ -66,6 +66,7 @@ def batch(
     preset: Optional[str] = PRESET_OPTION,
     weights: Optional[str] = WEIGHTS_OPTION,
     overwrite: bool = typer.Option(False, help="Run jobs whose output exists (default: skip them)."),
+    bit_depth: int = BIT_DEPTH_OPTION,
     contact_sheet_path: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also draw a labelled grid of the results."),
     distributed: bool = typer.Option(False, help="Initialise jax.distributed; each process takes its share of the jobs."),
     coordinator: Optional[str] = typer.Option(None, help="Coordinator host:port (else JAX_COORDINATOR_ADDRESS / cluster detection)."),
@@ -103,8 +104,10 @@ def batch(
 
   base = StyleConfig(**config_values)
   base.validate()
+  from nstjax import image as nimage
+  if bit_depth not in nimage.BIT_DEPTHS:
+    raise NSTError(f"--bit-depth must be 8 or 16, got {bit_depth}")
   if contact_sheet_path is not None:
-    from nstjax import image as nimage
     nimage.check_writable(contact_sheet_path)
   if outdir.exists() and not outdir.is_dir():
     raise NSTError(f"output folder {outdir} exists and is not a folder")
@@ -121,7 +124,6 @@ def batch(
 
   import nstjax
   from nstjax import files
-  from nstjax import image as nimage
 
   enable_compilation_cache()
   net, weights_record = load_net(weights, quiet)
@@ -158,7 +160,7 @@ def batch(
       rec.update(status="interrupted", output=str(outdir / f"{job['name']}.interrupted.png"))
     metadata = {"content": job["content"], "style": job["style"], "weights": weights_record,
                 "config": dataclasses.asdict(cfg)}
-    nimage.save_image(result.image, rec["output"], metadata=metadata)
+    nimage.save_image(result.image, rec["output"], metadata=metadata, bit_depth=bit_depth)
     files.write_json(outdir / f"{job['name']}.json",
                      dict(result.summary, weights=weights_record, content=job["content"],
                           style=job["style"], output=rec["output"], name=job["name"]))

@@ -207,5 +207,8 @@ def apply_preset(name, config, net, given: set[str]):
 
 PRESET_OPTION = typer.Option(None, metavar="|".join(sorted(PRESETS)),
                              help="Named settings scaled to the weights (flags given explicitly still win).")
+BIT_DEPTH_OPTION = typer.Option(8, "--bit-depth", metavar="8|16",
+                                help="Bits per channel of the output: 16 keeps the float image's "
+                                     "precision (.png or .tif).")
 WEIGHTS_OPTION = typer.Option(None, help="Weights: a source name (nstjax weights list) or a converted "
                                          ".h5 file. Default: VGG19, fetched on first use.")

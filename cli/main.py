@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from nstjax.cli import batch_cmd
-from nstjax.cli.common import (EXIT_ERROR, PRESET_OPTION, STOP, WEIGHTS_OPTION, Bar,
+from nstjax.cli.common import (BIT_DEPTH_OPTION, EXIT_ERROR, PRESET_OPTION, STOP, WEIGHTS_OPTION, Bar,
                                apply_preset, check_json_writable, enable_compilation_cache, err,
                                guarded_compilation_cache, load_net, read_run_file, run_record, say)
 from nstjax.cli.options import cli_default, config_options, explicit
@@ -68,6 +68,7 @@ def stylize(
     weights: Optional[str] = WEIGHTS_OPTION,
     save_every: int = typer.Option(0, help="Also write OUTPUT_<iteration> every N steps (0: never)."),
     summary: Optional[Path] = typer.Option(None, help="Write a JSON summary of the run here."),
+    bit_depth: int = BIT_DEPTH_OPTION,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
     config_values: dict = None,
 ):
@@ -92,7 +93,7 @@ def stylize(
   import numpy as np
   from nstjax import files, pipeline
   from nstjax import image as nimage
-  nimage.check_writable(output)
+  nimage.check_writable(output, bit_depth)
   intermediates = ([_intermediate_path(output, i) for i in range(save_every, config.iterations, save_every)]
                    if save_every else [])
   for path in [output] + intermediates[-1:]:
@@ -120,7 +121,7 @@ def stylize(
                       loss_weights=prepared.loss_weights)
 
   def save(img, path=output, **state):
-    nimage.save_image(img, path, metadata={**record, **state})
+    nimage.save_image(img, path, metadata={**record, **state}, bit_depth=bit_depth)
 
   with Bar(config.iterations, quiet) as bar:
     def callback(p):

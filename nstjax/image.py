@@ -142,31 +142,90 @@ def to_uint8(image) -> np.ndarray:
   return (np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def check_writable(path) -> Path:
+def to_uint16(image) -> np.ndarray:
+  return (np.clip(np.asarray(image, np.float64), 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+
+
+BIT_DEPTHS = (8, 16)
+SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def check_writable(path, bit_depth: int = 8) -> Path:
   """Raises NSTError unless an image can be written at ``path`` (checked before any compute)."""
   path = Path(path)
   if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
     raise NSTError(f"output {path}: unsupported extension {path.suffix!r} "
                    f"(use .png, .jpg, .webp, .tif or .bmp)")
+  if bit_depth not in BIT_DEPTHS:
+    raise NSTError(f"bit depth must be 8 or 16, got {bit_depth}")
+  if bit_depth == 16 and path.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
+    raise NSTError(f"output {path}: 16-bit images are written as .png or .tif, not {path.suffix}")
   return check_writable_file(path, "output")
 
 
-def save_image(image, path, *, metadata: dict | None = None) -> Path:
-  """Writes ``image`` (H, W, 3) in [0, 1] atomically; PNGs carry ``metadata`` as text chunks."""
+def srgb_profile() -> bytes:
+  """An sRGB ICC profile (Pillow's littleCMS), embedded so viewers need not guess."""
+  from PIL import ImageCms
+  return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _png16(image16: np.ndarray, tmp: Path, text: str | None):
+  """16-bit RGB PNG with pypng (Pillow writes no 16-bit RGB), plus iCCP and tEXt chunks."""
+  import io
+  import zlib
+
+  import png
+  h, w, _ = image16.shape
+  buf = io.BytesIO()
+  png.Writer(w, h, greyscale=False, bitdepth=16).write(buf, image16.reshape(h, w * 3))
+  chunks = list(png.Reader(bytes=buf.getvalue()).chunks())
+  extra = [(b"iCCP", b"sRGB\x00\x00" + zlib.compress(srgb_profile()))]
+  if text is not None:
+    extra += [(b"tEXt", b"Software\x00nstjax"),
+              (b"tEXt", b"nstjax\x00" + text.encode("latin-1", "replace"))]
+  chunks = chunks[:1] + extra + chunks[1:]   # after IHDR, before IDAT
+  with open(tmp, "wb") as f:
+    png.write_chunks(f, chunks)
+
+
+def save_image(image, path, *, metadata: dict | None = None, bit_depth: int = 8) -> Path:
+  """Writes ``image`` (H, W, 3) in [0, 1] atomically, with an sRGB profile.
+
+  ``metadata`` goes into every format that can carry it: a PNG text chunk
+  (``nstjax``), the TIFF image description, the JPEG comment. ``bit_depth=16``
+  keeps the float image's precision (PNG through pypng, TIFF through tifffile:
+  Pillow writes no 16-bit RGB).
+  """
   path = Path(path)
-  pil = Image.fromarray(to_uint8(image), mode="RGB")
+  if bit_depth != 8:
+    check_writable(path, bit_depth)
   fmt = Image.registered_extensions().get(path.suffix.lower())
-  kwargs = {}
-  if fmt == "PNG" and metadata:
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", "nstjax")
-    info.add_text("nstjax", json.dumps(metadata, sort_keys=True, default=str))
-    kwargs["pnginfo"] = info
-  elif fmt == "JPEG":
-    kwargs.update(quality=95, subsampling=0)
+  text = json.dumps(metadata, sort_keys=True, default=str) if metadata else None
+  icc = srgb_profile()
   try:
     with atomic_path(path, suffix=path.suffix) as tmp:
-      pil.save(tmp, format=fmt, **kwargs)
+      if bit_depth == 16 and fmt == "PNG":
+        _png16(to_uint16(image), tmp, text)
+      elif bit_depth == 16:
+        import tifffile
+        # InterColorProfile (34675) as an extra tag: older tifffiles have no iccprofile=.
+        tifffile.imwrite(tmp, to_uint16(image), photometric="rgb", description=text,
+                         software="nstjax", extratags=[(34675, 7, len(icc), icc, True)])
+      else:
+        pil = Image.fromarray(to_uint8(image), mode="RGB")
+        kwargs = {"icc_profile": icc}
+        if fmt == "PNG" and text:
+          info = PngImagePlugin.PngInfo()
+          info.add_text("Software", "nstjax")
+          info.add_text("nstjax", text)
+          kwargs["pnginfo"] = info
+        elif fmt == "JPEG":
+          kwargs.update(quality=95, subsampling=0)
+          if text:
+            kwargs["comment"] = text
+        elif fmt == "TIFF" and text:
+          kwargs["tiffinfo"] = {270: text, 305: "nstjax"}   # ImageDescription, Software
+        pil.save(tmp, format=fmt, **kwargs)
   except OSError as e:
     raise NSTError(f"cannot write {path}: {e}") from None
   return path

@@ -218,3 +218,50 @@ def test_several_styles_from_the_cli_a_folder_and_a_manifest(tmp_path, image_fil
                              "--weights", tiny_weights_file, "-q"], capsys)
   assert code == 0, err
   assert json.loads((tmp_path / "out" / "two.json").read_text())["style_weights"] == pytest.approx([0.25, 0.75])
+
+
+# --- 16-bit output and metadata --------------------------------------------------------------
+
+def test_sixteen_bit_png_and_tiff_hold_sixteen_bits_and_the_record(tmp_path):
+  import png
+  import tifffile
+  image = np.linspace(0, 1, 7 * 9 * 3, dtype=np.float32).reshape(7, 9, 3) ** 1.7
+  want = np.round(np.clip(image.astype(np.float64), 0, 1) * 65535).astype(np.uint16)
+  meta = {"config": {"size": 9}}
+  p = nstjax.image.save_image(image, tmp_path / "a.png", metadata=meta, bit_depth=16)
+  w, h, rows, info = png.Reader(filename=str(p)).read()
+  got = np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(h, w, 3)
+  assert info["bitdepth"] == 16
+  np.testing.assert_array_equal(got, want)
+  assert np.any(got % 257 != 0)                      # not 8-bit values scaled up
+  pil = Image.open(p)
+  assert json.loads(pil.text["nstjax"]) == meta and pil.info.get("icc_profile")
+  t = nstjax.image.save_image(image, tmp_path / "a.tif", metadata=meta, bit_depth=16)
+  with tifffile.TiffFile(t) as f:
+    np.testing.assert_array_equal(f.asarray(), want)
+    page = f.pages[0]
+    assert json.loads(page.description) == meta and page.tags.get("InterColorProfile") is not None
+  with pytest.raises(NSTError, match="16-bit images are written as .png or .tif"):
+    nstjax.image.save_image(image, tmp_path / "a.jpg", bit_depth=16)
+  j = nstjax.image.save_image(image, tmp_path / "a.jpg", metadata=meta)
+  jpg = Image.open(j)
+  assert json.loads(jpg.info["comment"]) == meta and jpg.info.get("icc_profile")
+
+
+def test_bit_depth_from_the_cli_and_batch(tmp_path, image_files, tiny_weights_file, capsys):
+  import png
+  content, style = image_files
+  out = tmp_path / "o.png"
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", out, "--bit-depth", "16",
+                             "--weights", tiny_weights_file, "--size", "32", "--iterations", "2", "-q"], capsys)
+  assert code == 0, err
+  assert png.Reader(filename=str(out)).read()[3]["bitdepth"] == 16
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "o.jpg", "--bit-depth", "16",
+                             "--weights", tiny_weights_file, "--size", "32", "-q"], capsys)
+  assert code == 1 and "16-bit images are written as .png or .tif" in err
+  code, _, err = nstjax_cli(["batch", "--content", content, "--style", style, "-o", tmp_path / "b",
+                             "--bit-depth", "16", "--weights", tiny_weights_file, "--size", "32",
+                             "--iterations", "2", "-q"], capsys)
+  assert code == 0, err
+  (png_out,) = (tmp_path / "b").glob("*.png")
+  assert png.Reader(filename=str(png_out)).read()[3]["bitdepth"] == 16
