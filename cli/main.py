@@ -190,6 +190,23 @@ def attention_map(
   say(f"wrote {output}")
 
 
+@app.command("presets")
+@stoppable
+def presets(weights_kind: str = typer.Option("caffe", "--preprocessing", metavar="caffe|torch",
+                                             help="Show the loss weights for this kind of weights."),
+            normalized: bool = typer.Option(False, help="... filter-mean normalised.")):
+  """List every preset and the settings it applies (--preset NAME; explicit options still win)."""
+  from nstjax.config import PRESETS, preset_settings
+  if weights_kind not in ("caffe", "torch"):
+    raise NSTError(f"--preprocessing must be caffe or torch, got {weights_kind!r}")
+  for name in PRESETS:
+    doc = (PRESETS[name].__doc__ or "").strip().splitlines()[0]
+    typer.echo(f"{name}: {doc}")
+    for key, value in preset_settings(name, weights_kind, normalized).items():
+      shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+      typer.echo(f"  --{key.replace('_', '-')} {shown}")
+
+
 @weights_app.command("list")
 @stoppable
 def weights_list():

@@ -17,8 +17,8 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- cli-reference: begin -->", "<!-- cli-reference: end -->"
-COMMANDS = ([], ["stylize"], ["batch"], ["attention-map"], ["weights"], ["weights", "list"],
-            ["weights", "fetch"], ["weights", "convert"], ["weights", "normalize"], ["weights", "info"])
+COMMANDS = ([], ["stylize"], ["batch"], ["presets"], ["attention-map"], ["weights"],
+            ["weights", "list"], ["weights", "fetch"], ["weights", "convert"], ["weights", "normalize"], ["weights", "info"])
 
 
 def help_text(args) -> str:

@@ -413,4 +413,33 @@ def paper_preset(**overrides) -> StyleConfig:
                         "optimizer": "lbfgs", "pooling": "avg", **overrides})
 
 
-PRESETS = {"attention-paper": attention_preset}
+def gatys_preset(preprocessing: str = "caffe", normalized: bool = False, **overrides) -> StyleConfig:
+  """Gatys et al. as the attention paper runs its baseline, scaled to these weights.
+
+  L-BFGS, 500 steps, average pooling, content relu4_2, style relu1_1..relu5_1 at
+  1/5 each, no attention term.
+
+  The paper's α = 1, β = 1e7 fit its network's feature scale; like
+  :func:`attention_preset`, α and β are this kind of weights' defaults
+  (``DEFAULT_LOSS_WEIGHTS``), which keep the same balance.
+  """
+  base = DEFAULT_LOSS_WEIGHTS[(preprocessing, bool(normalized))]
+  return StyleConfig(**{"content_weight": base["content"], "style_weight": base["style"],
+                        "iterations": 500, "optimizer": "lbfgs", "pooling": "avg",
+                        "content_layers": CONTENT_LAYERS, "style_layers": STYLE_LAYERS,
+                        "attention_weight": 0.0, **overrides})
+
+
+PRESETS = {"gatys": gatys_preset, "attention-paper": attention_preset}
+
+
+def preset_settings(name: str, preprocessing: str = "caffe", normalized: bool = False) -> dict:
+  """The fields preset ``name`` sets for this kind of weights (the ones it changes from the
+  defaults, and its loss weights)."""
+  preset = PRESETS[name](preprocessing, normalized)
+  out = {}
+  for f in dataclasses.fields(preset):
+    value = getattr(preset, f.name)
+    if value != f.default or f.name in ("iterations", "optimizer", "pooling"):
+      out[f.name] = value
+  return out

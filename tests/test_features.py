@@ -265,3 +265,29 @@ def test_bit_depth_from_the_cli_and_batch(tmp_path, image_files, tiny_weights_fi
   assert code == 0, err
   (png_out,) = (tmp_path / "b").glob("*.png")
   assert png.Reader(filename=str(png_out)).read()[3]["bitdepth"] == 16
+
+
+# --- presets ---------------------------------------------------------------------------------
+
+def test_presets_are_listed_and_applied_under_explicit_flags(tmp_path, image_files, tiny_weights_file,
+                                                             capsys, monkeypatch):
+  code, out, _ = nstjax_cli(["presets"], capsys)
+  assert code == 0 and "gatys:" in out and "attention-paper:" in out and "--attention-weight 0.0006" in out
+  seen = {}
+
+  def fake_run(prepared, callback=None):
+    seen["config"] = prepared.config
+    return nstjax.Result(image=np.zeros(prepared.content.shape, np.float32), status="done",
+                         summary={"width": 1, "height": 1, "iterations": 0, "evaluations": 0,
+                                  "seconds": 0.0, "losses": {"total": 0.0}})
+
+  monkeypatch.setattr(nstjax.pipeline, "run", fake_run)
+  content, style = image_files
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "o.png", "--preset", "attention-paper",
+                             "--iterations", "7", "--weights", tiny_weights_file, "--size", "32", "-q"], capsys)
+  assert code == 0, err
+  c = seen["config"]
+  assert c.iterations == 7 and c.attention_weight == pytest.approx(0.6 * c.style_weight)
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "o.png", "--preset", "nope",
+                             "--weights", tiny_weights_file, "--size", "32", "-q"], capsys)
+  assert code == 1 and "unknown preset 'nope'" in err
