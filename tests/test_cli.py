@@ -40,16 +40,19 @@ def test_stylize_writes_image_summary_and_metadata(tmp_path, image_files, tiny_w
   assert Image.open(out).size == (32, 26)
 
 
-def test_flags_reach_the_config(tmp_path, image_files, tiny_weights_file, capsys, monkeypatch):
-  seen = {}
-
+def recording_run(seen):
+  """A stand-in for nstjax.pipeline.run that records the config the CLI built."""
   def fake_run(prepared, callback=None):
     seen["config"] = prepared.config
     return nstjax.Result(image=np.zeros(prepared.content.shape, np.float32), status="done",
                          summary={"width": 1, "height": 1, "iterations": 0, "evaluations": 0,
                                   "seconds": 0.0, "losses": {"total": 0.0}})
+  return fake_run
 
-  monkeypatch.setattr(nstjax.pipeline, "run", fake_run)
+
+def test_flags_reach_the_config(tmp_path, image_files, tiny_weights_file, capsys, monkeypatch):
+  seen = {}
+  monkeypatch.setattr(nstjax.pipeline, "run", recording_run(seen))
   content, style = image_files
   code, _, err = nstjax_cli([
       "stylize", content, style, "-o", tmp_path / "o.png", "--weights", tiny_weights_file,

@@ -10,7 +10,7 @@ from PIL import Image
 import nstjax
 from conftest import smooth_image
 from nstjax import NSTError, colour, pipeline
-from test_cli import nstjax_cli
+from test_cli import nstjax_cli, recording_run
 
 BASE = nstjax.StyleConfig(size=None, iterations=4, style_weight=1e3, tv_weight=0.0)
 
@@ -274,14 +274,7 @@ def test_presets_are_listed_and_applied_under_explicit_flags(tmp_path, image_fil
   code, out, _ = nstjax_cli(["presets"], capsys)
   assert code == 0 and "gatys:" in out and "attention-paper:" in out and "--attention-weight 0.0006" in out
   seen = {}
-
-  def fake_run(prepared, callback=None):
-    seen["config"] = prepared.config
-    return nstjax.Result(image=np.zeros(prepared.content.shape, np.float32), status="done",
-                         summary={"width": 1, "height": 1, "iterations": 0, "evaluations": 0,
-                                  "seconds": 0.0, "losses": {"total": 0.0}})
-
-  monkeypatch.setattr(nstjax.pipeline, "run", fake_run)
+  monkeypatch.setattr(nstjax.pipeline, "run", recording_run(seen))
   content, style = image_files
   code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "o.png", "--preset", "attention-paper",
                              "--iterations", "7", "--weights", tiny_weights_file, "--size", "32", "-q"], capsys)
