@@ -1,6 +1,7 @@
 """The README a stranger follows: its Python runs, its command reference is --help, and
 nothing user-facing points outside the repository."""
 
+import json
 import os
 import re
 import subprocess
@@ -41,9 +42,18 @@ def test_readme_python_blocks_run(tmp_path):
   blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
   assert blocks
   (tmp_path / "examples").symlink_to(ROOT / "examples")
-  for i, block in enumerate(blocks):
-    script = tmp_path / f"block{i}.py"
-    script.write_text(block)
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=900)
-    assert proc.returncode == 0, f"README python block {i} failed:\n{block}\n{proc.stderr[-2000:]}"
+  # One process runs every block, each in a fresh namespace as if it were its own script.
+  runner = tmp_path / "run_blocks.py"
+  runner.write_text(
+      "import json, sys, traceback\n"
+      "for i, block in enumerate(json.load(open(sys.argv[1]))):\n"
+      "  try:\n"
+      "    exec(compile(block, f'README python block {i}', 'exec'), {'__name__': '__main__'})\n"
+      "  except BaseException:\n"
+      "    print(f'README python block {i} failed:\\n{block}', file=sys.stderr)\n"
+      "    traceback.print_exc()\n"
+      "    sys.exit(1)\n")
+  (tmp_path / "blocks.json").write_text(json.dumps(blocks))
+  proc = subprocess.run([sys.executable, str(runner), str(tmp_path / "blocks.json")], cwd=tmp_path,
+                        capture_output=True, text=True, env=dict(os.environ), timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
