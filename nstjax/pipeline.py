@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -91,7 +92,6 @@ class Prepared:
 
 def style_list(style) -> list:
   """One style, a list of styles, or a folder (every image in it) -> a list."""
-  from pathlib import Path
   items = list(style) if isinstance(style, (list, tuple)) else [style]
   out = []
   for item in items:
@@ -123,7 +123,6 @@ def prepare_images(content, style, config: StyleConfig):
   the content's. Returns ``(content, style)`` for one style image, ``(content,
   [styles])`` for a list or a folder.
   """
-  from pathlib import Path
   content = nimage.as_rgb(content, "content")
   several = isinstance(style, (list, tuple)) or (isinstance(style, (str, Path))
                                                  and Path(style).is_dir())
