@@ -7,7 +7,6 @@ code 1; Ctrl-C saves the current image and exits 130.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Optional

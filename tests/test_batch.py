@@ -15,7 +15,7 @@ import pytest
 
 import nstjax
 from conftest import smooth_image
-from nstjax import NSTError, batch, jobs
+from nstjax import NSTError, jobs
 
 HERE = Path(__file__).parent
 BASE = nstjax.StyleConfig(size=None, iterations=4, style_weight=1e3, tv_weight=0.0)

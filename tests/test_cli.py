@@ -1,7 +1,6 @@
 """The nstjax command: flags reach the config, outputs, and one-line errors."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Each loss against a numpy reference computed here, through jax.jit."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
