@@ -105,8 +105,7 @@ def batch(
   base = StyleConfig(**config_values)
   base.validate()
   from nstjax import image as nimage
-  if bit_depth not in nimage.BIT_DEPTHS:
-    raise NSTError(f"--bit-depth must be 8 or 16, got {bit_depth}")
+  nimage.check_bit_depth(outdir / "job.png", bit_depth)   # every job is written as .png
   if contact_sheet_path is not None:
     nimage.check_writable(contact_sheet_path)
   if outdir.exists() and not outdir.is_dir():

@@ -177,10 +177,10 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   return results
 
 
-def failed(config, reason: str) -> Result:
-  """The result of a job that could not run."""
-  return Result(image=None, status="failed", reason=reason,
-                summary={"status": "failed", "reason": reason,
+def failed(config, reason: str, status: str = "failed") -> Result:
+  """The result of a job that did not run (``"failed"``, or ``"interrupted"`` before it began)."""
+  return Result(image=None, status=status, reason=reason,
+                summary={"status": status, "reason": reason,
                          "config": dataclasses.asdict(config) if config is not None else None})
 
 
@@ -236,9 +236,7 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
   for g, idx in enumerate(groups.values()):
     if interrupted:
       for i in idx:
-        deliver(i, Result(image=None, status="interrupted", reason="not started (interrupted)",
-                          summary={"status": "interrupted", "reason": "not started (interrupted)",
-                                   "config": dataclasses.asdict(configs[i])}))
+        deliver(i, failed(configs[i], "not started (interrupted)", status="interrupted"))
       continue
 
     def cb(it, losses, elapsed, g=g, idx=idx):

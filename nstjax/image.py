@@ -8,6 +8,7 @@ Writers are atomic: the output appears complete or not at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -150,19 +151,26 @@ BIT_DEPTHS = (8, 16)
 SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
 
 
+def check_bit_depth(path, bit_depth: int) -> None:
+  """NSTError unless ``bit_depth`` is 8 or 16 and ``path``'s format can hold it."""
+  path = Path(path)
+  if bit_depth not in BIT_DEPTHS:
+    raise NSTError(f"bit depth must be 8 or 16, got {bit_depth}")
+  if bit_depth == 16 and path.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
+    raise NSTError(f"output {path}: 16-bit images are written as .png or .tif, not {path.suffix}")
+
+
 def check_writable(path, bit_depth: int = 8) -> Path:
   """Raises NSTError unless an image can be written at ``path`` (checked before any compute)."""
   path = Path(path)
   if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"):
     raise NSTError(f"output {path}: unsupported extension {path.suffix!r} "
                    f"(use .png, .jpg, .webp, .tif or .bmp)")
-  if bit_depth not in BIT_DEPTHS:
-    raise NSTError(f"bit depth must be 8 or 16, got {bit_depth}")
-  if bit_depth == 16 and path.suffix.lower() not in SIXTEEN_BIT_SUFFIXES:
-    raise NSTError(f"output {path}: 16-bit images are written as .png or .tif, not {path.suffix}")
+  check_bit_depth(path, bit_depth)
   return check_writable_file(path, "output")
 
 
+@functools.lru_cache(maxsize=1)
 def srgb_profile() -> bytes:
   """An sRGB ICC profile (Pillow's littleCMS), embedded so viewers need not guess."""
   from PIL import ImageCms
@@ -197,8 +205,7 @@ def save_image(image, path, *, metadata: dict | None = None, bit_depth: int = 8)
   Pillow writes no 16-bit RGB).
   """
   path = Path(path)
-  if bit_depth != 8:
-    check_writable(path, bit_depth)
+  check_bit_depth(path, bit_depth)
   fmt = Image.registered_extensions().get(path.suffix.lower())
   text = json.dumps(metadata, sort_keys=True, default=str) if metadata else None
   icc = srgb_profile()
