@@ -67,6 +67,8 @@ def batch(
     weights: Optional[str] = WEIGHTS_OPTION,
     overwrite: bool = typer.Option(False, help="Run jobs whose output exists (default: skip them)."),
     bit_depth: int = BIT_DEPTH_OPTION,
+    traces: bool = typer.Option(False, help="Also write <job>.trace.json: every step's losses "
+                                            "(as stylize --trace)."),
     contact_sheet_path: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also draw a labelled grid of the results."),
     distributed: bool = typer.Option(False, help="Initialise jax.distributed; each process takes its share of the jobs."),
     coordinator: Optional[str] = typer.Option(None, help="Coordinator host:port (else JAX_COORDINATOR_ADDRESS / cluster detection)."),
@@ -163,6 +165,9 @@ def batch(
     files.write_json(outdir / f"{job['name']}.json",
                      dict(result.summary, weights=weights_record, content=job["content"],
                           style=job["style"], output=rec["output"], name=job["name"]))
+    if traces:
+      files.write_json(outdir / f"{job['name']}.trace.json",
+                       {"loss_weights": result.summary["loss_weights"], "records": result.trace})
     rec.update(losses=result.summary["losses"], evaluations=result.summary["evaluations"])
 
   t_start = time.perf_counter()

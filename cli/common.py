@@ -76,9 +76,9 @@ def guarded_compilation_cache():
           f"compiles once and caches again)")
 
 
-def check_json_writable(path: Path):
+def check_json_writable(path: Path, what: str = "summary"):
   from nstjax.files import check_writable_file
-  check_writable_file(path, "summary")
+  check_writable_file(path, what)
 
 
 def file_digest(path) -> str | None:

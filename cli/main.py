@@ -19,7 +19,7 @@ from nstjax.cli.common import (BIT_DEPTH_OPTION, EXIT_ERROR, PRESET_OPTION, STOP
                                guarded_compilation_cache, load_net, read_run_file, run_record, say)
 from nstjax.cli.options import cli_default, config_options, explicit
 from nstjax.cli.signals import Stopped, stoppable
-from nstjax.config import per_job_fields
+from nstjax.config import INITS, per_job_fields
 from nstjax.errors import NonFiniteLoss, NSTError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -67,6 +67,10 @@ def stylize(
     weights: Optional[str] = WEIGHTS_OPTION,
     save_every: int = typer.Option(0, help="Also write OUTPUT_<iteration> every N steps (0: never)."),
     summary: Optional[Path] = typer.Option(None, help="Write a JSON summary of the run here."),
+    trace: Optional[Path] = typer.Option(None, help="Write every step's losses (each term, the total), "
+                                                    "evaluations and seconds here (JSON)."),
+    plot: Optional[Path] = typer.Option(None, help="Draw the weighted loss terms over the steps "
+                                                   "(log scale) into this PNG."),
     bit_depth: int = BIT_DEPTH_OPTION,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
     config_values: dict = None,
@@ -97,12 +101,15 @@ def stylize(
                    if save_every else [])
   for path in [output] + intermediates[-1:]:
     files.check_name_length(path)
-  if summary is not None:
-    check_json_writable(summary)
-  init_file = Path(config.init) if config.init not in ("content", "noise", "style") else None
+  for path, what in ((summary, "summary"), (trace, "trace")):
+    if path is not None:
+      check_json_writable(path, what)
+  if plot is not None:
+    nimage.check_writable(plot, 8)
+  init_file = Path(config.init) if config.init not in INITS else None
   files.check_distinct({"content image": content, "init image": init_file,
                         **{f"style image {s}": s for s in styles}},
-                       {"output": output, "summary": summary,
+                       {"output": output, "summary": summary, "trace": trace, "plot": plot,
                         **{f"--save-every image {p.name}": p for p in intermediates}})
 
   from nstjax.pipeline import style_list
@@ -130,7 +137,7 @@ def stylize(
              status="running", iterations_done=p.iteration)
     try:
       with guarded_compilation_cache():
-        result = pipeline.run(prepared, callback=callback)
+        result = pipeline.run(prepared, callback=callback, image_every=save_every)
     except NonFiniteLoss as e:
       if e.image is not None:
         save(e.image, status="non-finite", iterations_done=e.iteration)
@@ -140,6 +147,11 @@ def stylize(
   save(result.image, status=result.status, iterations_done=s["iterations"])
   if summary is not None:
     files.write_json(summary, {**s, **record, "output": str(output)})
+  if trace is not None:
+    files.write_json(trace, {"loss_weights": s["loss_weights"], "records": result.trace})
+  if plot is not None:
+    from nstjax.plot import plot_trace
+    nimage.save_image(plot_trace(result.trace, s["loss_weights"]), plot)
   say(f"wrote {output} ({s['width']}x{s['height']}, {s['iterations']} iterations, "
       f"{s['evaluations']} evaluations, {s['seconds']:.1f} s, loss {s['losses']['total']:.4g})")
   if result.status == "interrupted":
@@ -201,7 +213,12 @@ def presets(weights_kind: str = typer.Option("caffe", "--preprocessing", metavar
   for name in PRESETS:
     doc = (PRESETS[name].__doc__ or "").strip().splitlines()[0]
     typer.echo(f"{name}: {doc}")
-    for key, value in preset_settings(name, weights_kind, normalized).items():
+    try:
+      settings = preset_settings(name, weights_kind, normalized)
+    except NSTError as e:
+      typer.echo(f"  (not for these weights: {e})")
+      continue
+    for key, value in settings.items():
       shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
       typer.echo(f"  --{key.replace('_', '-')} {shown}")
 

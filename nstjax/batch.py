@@ -127,12 +127,21 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   good = {}                               # failed job -> its last image with a finite loss
   failed_at = np.full((n + pad,), -1)
   status, done = "done", 0
+  traces = [[] for _ in range(n)]       # one record per step and job (see Result.trace)
   t_loop = time.perf_counter()
   try:
     for it in range(1, iterations + 1):
       new_state, metrics = step(net, state.image, state.opt_state, state.evaluations,
                                 targets, weights)
+      metrics = jax.device_get(metrics)
       losses = np.asarray(metrics["loss"])
+      elapsed = time.perf_counter() - t_loop
+      for i in range(n):
+        if failed_at[i] < 0 and np.isfinite(losses[i]):
+          rec = {k: float(v[i]) for k, v in metrics.get("terms", {}).items()}
+          traces[i].append({"iteration": it, "evaluations": int(metrics["evaluations"][i]),
+                            "seconds": round(elapsed, 5),
+                            "losses": {**rec, "total": float(losses[i])}})
       newly = ~np.isfinite(losses) & (failed_at < 0)
       if newly.any():
         host = np.asarray(previous)
@@ -148,9 +157,10 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   seconds = time.perf_counter() - t_loop
   sharding = {"spec": [None if a is None else str(a) for a in state.image.sharding.spec],
               "devices_used": len(state.image.sharding.device_set)}
-  final = np.asarray(state.image)
+  final_image = optim.accepted_image(static, state)
+  final = np.asarray(final_image)
   last_checked = np.asarray(previous)
-  final_terms = terms_fn(state.image, net, targets, weights)
+  final_terms = terms_fn(final_image, net, targets, weights)
   evaluations = np.asarray(state.evaluations)
   results = []
   for i, p in enumerate(jobs):
@@ -173,7 +183,7 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
         # would copy it (630 MB a job at 512 px); continue a job with nstjax.run.
         image=finish_image(p, image), status=job_status, summary=summary, state=None,
         reason="the loss became non-finite; the last finite image is kept"
-        if job_status == "non-finite" else None))
+        if job_status == "non-finite" else None, trace=traces[i]))
   return results
 
 

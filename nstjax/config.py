@@ -36,7 +36,9 @@ KINDS = (STATIC, TRACED, HOST)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYERS = ("relu4_2",)   # the papers' "conv4_2": Caffe's blob after its in-place ReLU
 OPTIMIZERS = ("lbfgs", "adam")
-INITS = ("content", "noise", "style")   # or an image file's path
+LINE_SEARCHES = ("auto", "zoom", "backtracking", "none")
+LOSS_FORMS = ("gatys", "jcjohnson")
+INITS = ("content", "noise", "style", "mean")   # or an image file's path
 COLOUR_MODES = ("none", "post", "match", "luminance")
 STYLE_LOSSES = ("gram", "pca", "pca-paper", "svd", "weighted")
 ATTENTION_GRAMS = ("centered", "raw")
@@ -182,7 +184,9 @@ class StyleConfig:
     content_layer_weights, style_layer_weights: per-layer weights; ``None``
       gives 1/L each (the average, as Gatys et al.).
     pooling: ``"avg"`` (Gatys et al.) or ``"max"``.
-    init: starting image: ``"content"``, ``"noise"`` (uniform, seeded) or ``"style"``.
+    init: starting image: ``"content"``, ``"noise"`` (uniform, seeded), ``"style"``,
+      ``"mean"`` (the network's mean pixel plus N(0, 1e-3) noise in its input
+      units: jcjohnson's ``-init random``) or an image file.
     seed: random seed for ``init="noise"``.
     style_loss: ``"gram"`` or a cheaper representation (:mod:`nstjax.style`).
     pca_k, svd_threshold, svd_energy, channel_weights: the representations'
@@ -206,12 +210,19 @@ class StyleConfig:
   iterations: int = option(500, kind=HOST, read=_number(int), group=G_RUN,
                            help="Optimiser steps (an L-BFGS step may evaluate the loss more than once).")
   optimizer: str = option("lbfgs", kind=STATIC, read=_text, group=G_OPT, choices=OPTIMIZERS,
-                          help="optax L-BFGS with zoom line search, or Adam.")
+                          help="L-BFGS (see --line-search) or Adam.")
   lr: float | None = option(None, kind=STATIC, read=_optional(_number(float)), group=G_OPT,
                             help=f"Adam's learning rate (default {ADAM_LR}); for L-BFGS a fixed step "
                                  "instead of the line search.")
   lbfgs_memory: int = option(100, kind=STATIC, read=_number(int), group=G_OPT,
                              help="L-BFGS history size (curvature pairs kept).")
+  line_search: str = option("auto", kind=STATIC, read=_text, group=G_OPT, choices=LINE_SEARCHES,
+                            help="L-BFGS step rule: zoom (optax, strong Wolfe), backtracking (one "
+                                 "evaluation per step, no host round trips), none (a fixed step "
+                                 "--lr, default 1); auto: none when --lr is given, else zoom.")
+  pixel_scale: float = option(1.0, kind=STATIC, read=_number(float), group=G_OPT,
+                              help="L-BFGS works on the image times this (256: jcjohnson's 0..256 "
+                                   "pixel values); matters for the first step and fixed steps.")
   content_weight: float | None = option(None, kind=TRACED, read=_optional(_number(float)),
                                         group=G_WEIGHTS,
                                         help="α, the content weight (default depends on the weights).")
@@ -231,13 +242,23 @@ class StyleConfig:
   style_layer_weights: tuple[float, ...] | None = option(
       None, kind=TRACED, read=_optional(_numbers), group=G_LAYERS,
       help="Comma-separated per-layer style weights (default 1/L each).")
+  loss_form: str = option("gatys", kind=STATIC, read=_text, group=G_WEIGHTS, choices=LOSS_FORMS,
+                          help="Loss normalisations: gatys (eqs. 1 and 3: 1/(2NM), 1/(4N²M²), layers "
+                               "averaged) or jcjohnson (neural_style.lua: mean squared errors, Gram "
+                               "÷ CHW, layers summed, his TV; his weights 5, 100, 1e-3 as he gives "
+                               "them).")
+  input_scale: float | None = option(None, kind=STATIC, read=_optional(_number(float)),
+                                     group=G_LAYERS,
+                                     help="Caffe weights: pixel values fed to the network are the "
+                                          "[0, 1] image times this (default 255; jcjohnson: 256).")
   pooling: str = option("avg", kind=STATIC, read=_text, group=G_LAYERS, choices=vgg.POOLINGS,
                         help="Pooling between VGG blocks (Gatys: avg).")
   init: str = option("content", kind=TRACED, read=_text, group=G_INIT,
-                     help="Start image: content, noise, style, or an image file (resized to the "
+                     help="Start image: content, noise, style, mean (the network's mean colour "
+                          "plus faint noise: jcjohnson's random init), or an image file (resized to the "
                           "working size).")
   seed: int = option(0, kind=TRACED, read=_number(int), group=G_INIT,
-                     help="Seed for --init noise.")
+                     help="Seed for --init noise and mean.")
   preserve_colors: str = option("none", kind=HOST, read=_text, group=G_COLOUR, choices=COLOUR_MODES,
                                 help="Keep the content's colours: post (the output's luminance with the "
                                      "content's chroma), match (the style recoloured to the content's "
@@ -338,6 +359,13 @@ class StyleConfig:
       raise NSTError(f"iterations must be >= 0, got {self.iterations}")
     if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
       raise NSTError(f"lr must be a finite number > 0, got {self.lr}")
+    if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):
+      raise NSTError(f"pixel scale must be a finite number > 0, got {self.pixel_scale}")
+    if self.input_scale is not None and not (math.isfinite(self.input_scale)
+                                             and self.input_scale > 0):
+      raise NSTError(f"input scale must be a finite number > 0, got {self.input_scale}")
+    if self.loss_form == "jcjohnson" and self.style_loss != "gram":
+      raise NSTError(f"loss form jcjohnson is defined for the gram style loss, not {self.style_loss}")
     if self.lbfgs_memory < 1:
       raise NSTError(f"lbfgs_memory must be >= 1, got {self.lbfgs_memory}")
     if not -2**63 <= self.seed < 2**63:
@@ -348,7 +376,7 @@ class StyleConfig:
       for w in getattr(self, f"{what}_layer_weights") or ():
         finite_nonneg(f"{what} layer weight", w)
     if self.init not in INITS and not Path(self.init).is_file():
-      raise NSTError(f"init must be content, noise, style or an image file; {self.init!r} is none "
+      raise NSTError(f"init must be content, noise, style, mean or an image file; {self.init!r} is none "
                      f"of these")
     self.style_spec().validate()
     if not (math.isfinite(self.attention_temperature) and self.attention_temperature > 0):
@@ -430,7 +458,31 @@ def gatys_preset(preprocessing: str = "caffe", normalized: bool = False, **overr
                         "attention_weight": 0.0, **overrides})
 
 
-PRESETS = {"gatys": gatys_preset, "attention-paper": attention_preset}
+def jcjohnson_preset(preprocessing: str = "caffe", normalized: bool = False, **overrides
+                     ) -> StyleConfig:
+  """jcjohnson/neural-style's defaults, his objective exactly (``neural_style.lua``).
+
+  His loss normalisations (``loss_form="jcjohnson"``: MSE content and style
+  losses, Gram ÷ CHW, layers summed, his TV) with his weights 5 / 100 / 1e-3,
+  his ×256 Caffe input (``input_scale=256``), max pooling, his random start
+  (``init="mean"``: the mean pixel plus 0.001·N(0, 1) in input units), 512 px,
+  and Torch7's L-BFGS: no line search, learning rate 1, 100 pairs, 1000 steps,
+  on the 0..256 pixel values (``pixel_scale=256``). Caffe weights only (his
+  models); ``normalized`` changes nothing here.
+  """
+  if preprocessing != "caffe":
+    raise NSTError("the jcjohnson preset needs Caffe-preprocessed weights (his VGG19); "
+                   f"these are {preprocessing!r}")
+  return StyleConfig(**{"loss_form": "jcjohnson", "content_weight": 5.0, "style_weight": 100.0,
+                        "tv_weight": 1e-3, "input_scale": 256.0, "pooling": "max",
+                        "init": "mean", "size": 512, "optimizer": "lbfgs", "line_search": "none",
+                        "lr": 1.0, "lbfgs_memory": 100, "pixel_scale": 256.0,
+                        "iterations": 1000, "content_layers": CONTENT_LAYERS,
+                        "style_layers": STYLE_LAYERS, "attention_weight": 0.0, **overrides})
+
+
+PRESETS = {"gatys": gatys_preset, "attention-paper": attention_preset,
+           "jcjohnson": jcjohnson_preset}
 
 
 def preset_settings(name: str, preprocessing: str = "caffe", normalized: bool = False) -> dict:
@@ -440,6 +492,6 @@ def preset_settings(name: str, preprocessing: str = "caffe", normalized: bool = 
   out = {}
   for f in dataclasses.fields(preset):
     value = getattr(preset, f.name)
-    if value != f.default or f.name in ("iterations", "optimizer", "pooling"):
+    if value != f.default or f.name in ("iterations", "optimizer", "pooling", "line_search"):
       out[f.name] = value
   return out

@@ -78,3 +78,33 @@ def tv_loss(image: Array) -> Array:
   dh = x[1:, :, :] - x[:-1, :, :]
   dw = x[:, 1:, :] - x[:, :-1, :]
   return jnp.sum(dh * dh) + jnp.sum(dw * dw)
+
+
+# --- jcjohnson/neural-style's normalisations (neural_style.lua) ------------------
+# His ContentLoss and StyleLoss are nn.MSECriterion (a mean) times the weight;
+# his Gram is divided by C·H·W; his TVLoss defines only a gradient, that of
+# 0.5·Σ over the first H-1 rows and W-1 columns of the squared differences with
+# the right and lower neighbours, on the network's input (0..256 pixel values).
+
+
+def jcjohnson_content_loss(f: Array, target: Array) -> Array:
+  """``mean((F - P)²)``: his ContentLoss without its weight."""
+  d = f.astype(jnp.float32) - target.astype(jnp.float32)
+  return jnp.mean(d * d)
+
+
+def jcjohnson_style_loss(g: Array, target: Array) -> Array:
+  """``mean((G - A)²)`` for his Grams (``FᵀF / (C H W)``): his StyleLoss without its weight."""
+  d = g - target
+  return jnp.mean(d * d)
+
+
+def jcjohnson_tv_loss(image: Array, scale: float = 256.0) -> Array:
+  r"""The function whose gradient his TVLoss returns, on ``image · scale``.
+
+  .. math:: \frac{1}{2} \sum_{i<H-1, j<W-1} (x_{ij} - x_{i,j+1})^2 + (x_{ij} - x_{i+1,j})^2
+  """
+  x = image.astype(jnp.float32) * scale
+  dx = x[:-1, :-1] - x[:-1, 1:]
+  dy = x[:-1, :-1] - x[1:, :-1]
+  return 0.5 * (jnp.sum(dx * dx) + jnp.sum(dy * dy))

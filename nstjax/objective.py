@@ -45,6 +45,10 @@ DEFAULT_LOSS_WEIGHTS = {   # (preprocessing, filter-mean normalised) -> {term: w
     ("torch", True): {"content": 1.0, "style": 50.0, "tv": 1e-6},
 }
 
+# jcjohnson/neural-style's defaults (-content_weight 5 -style_weight 1e2
+# -tv_weight 1e-3), meaningful with loss_form="jcjohnson" (his normalisations).
+JCJOHNSON_LOSS_WEIGHTS = {"content": 5.0, "style": 100.0, "tv": 1e-3}
+
 
 class TargetInputs:
   """What a term's target function may read: the images and their features.
@@ -60,8 +64,9 @@ class TargetInputs:
   """
 
   def __init__(self, net: vgg.VGGParams, content: Array, styles, pooling: str,
-               layers: Mapping[str, tuple[str, ...]], style_weights=None):
-    self.net, self.content, self.pooling = net, content, pooling
+               layers: Mapping[str, tuple[str, ...]], style_weights=None,
+               input_scale: float | None = None):
+    self.net, self.content, self.pooling, self.input_scale = net, content, pooling, input_scale
     self.styles = tuple(styles)
     self.style = self.styles[0]
     self.style_weights = tuple(style_weights or (1.0 / len(self.styles),) * len(self.styles))
@@ -74,7 +79,7 @@ class TargetInputs:
     if key not in self._features:
       image = self.content if which == "content" else self.styles[index]
       self._features[key] = _features(self.net, image, layers=self._layers[which],
-                                       pooling=self.pooling)
+                                       pooling=self.pooling, input_scale=self.input_scale)
     return self._features[key]
 
   def style_features(self) -> list[dict[str, Array]]:
@@ -82,7 +87,7 @@ class TargetInputs:
     return [self.features("style", i) for i in range(len(self.styles))]
 
 
-_features = jax.jit(vgg.features, static_argnames=("layers", "pooling"))
+_features = jax.jit(vgg.features, static_argnames=("layers", "pooling", "input_scale"))
 
 LossFn = Callable[[Mapping[str, Array], Array, Any, Mapping[str, Array]], Array]
 
@@ -125,10 +130,12 @@ def register(term: Term) -> Term:
   return term
 
 
-def layer_table(layers: tuple[str, ...], given, what: str) -> dict[str, float]:
-  """``{layer: w}``: ``given`` per layer, or 1/L each (the average, as Gatys et al.)."""
+def layer_table(layers: tuple[str, ...], given, what: str, default: float | None = None
+                ) -> dict[str, float]:
+  """``{layer: w}``: ``given`` per layer, or ``default`` each (None: 1/L, the average, as
+  Gatys et al.)."""
   if given is None:
-    return {k: 1.0 / len(layers) for k in layers}
+    return {k: 1.0 / len(layers) if default is None else default for k in layers}
   if len(given) != len(layers):
     raise NSTError(f"{len(given)} {what} layer weights for {len(layers)} {what} layers")
   return dict(zip(layers, (float(w) for w in given)))
@@ -144,14 +151,28 @@ def _per_layer(fn):
 
 # --- the four terms -----------------------------------------------------------
 
+def _layer_default(c):
+  """Per-layer weights when none are given: 1/L (Gatys et al.), or 1 each (jcjohnson: each
+  layer's loss module carries the full weight)."""
+  return 1.0 if c.loss_form == "jcjohnson" else None
+
+
+def _jcjohnson_gram_loss(f, target):
+  """jcjohnson's style loss from features and our target Gram (÷HW): his Grams are ÷CHW."""
+  c = f.shape[-1]
+  return losses.jcjohnson_style_loss(losses.gram(f) / c, target / c)
+
+
 register(Term(
     name="content", weight_field="content_weight",
     enabled=lambda c: True,
     layers=lambda c: c.content_layers,
     target_layers=lambda c: {"content": c.content_layers},
-    layer_weights=lambda c: layer_table(c.content_layers, c.content_layer_weights, "content"),
+    layer_weights=lambda c: layer_table(c.content_layers, c.content_layer_weights, "content",
+                                        _layer_default(c)),
     target=lambda inputs, c: {k: inputs.features("content")[k] for k in c.content_layers},
-    loss=lambda c: _per_layer(losses.content_loss)))   # eq. 1
+    loss=lambda c: _per_layer(losses.content_loss if c.loss_form == "gatys"
+                              else losses.jcjohnson_content_loss)))   # eq. 1
 
 
 def _style_target(inputs, c):
@@ -180,9 +201,11 @@ register(Term(
     enabled=lambda c: True,
     layers=lambda c: c.style_layers,
     target_layers=lambda c: {"style": c.style_layers},
-    layer_weights=lambda c: layer_table(c.style_layers, c.style_layer_weights, "style"),
+    layer_weights=lambda c: layer_table(c.style_layers, c.style_layer_weights, "style",
+                                        _layer_default(c)),
     target=_style_target,
-    loss=lambda c: _per_layer(nstyle.REPRESENTATIONS[c.style_loss].loss)))   # eq. 3 or a variant
+    loss=lambda c: _per_layer(nstyle.REPRESENTATIONS[c.style_loss].loss if c.loss_form == "gatys"
+                              else _jcjohnson_gram_loss)))   # eq. 3 or a variant
 
 
 register(Term(
@@ -192,7 +215,10 @@ register(Term(
     target_layers=lambda c: {},
     layer_weights=lambda c: {},
     target=lambda inputs, c: None,
-    loss=lambda c: lambda feats, image, target, layer_weights: losses.tv_loss(image)))
+    loss=lambda c: (lambda feats, image, target, layer_weights: losses.tv_loss(image))
+    if c.loss_form == "gatys" else
+    (lambda feats, image, target, layer_weights: losses.jcjohnson_tv_loss(
+        image, 255.0 if c.input_scale is None else c.input_scale))))
 
 
 def _attention_target(inputs, c):
@@ -292,7 +318,8 @@ def check_image_sizes(config, content, style) -> None:
 
 def loss_weights(config, preprocessing: str, normalized: bool = False) -> dict[str, float]:
   """``{term: weight}`` for the active terms, ``None`` filled from ``DEFAULT_LOSS_WEIGHTS``."""
-  defaults = DEFAULT_LOSS_WEIGHTS[(preprocessing, bool(normalized))]
+  defaults = (JCJOHNSON_LOSS_WEIGHTS if config.loss_form == "jcjohnson"
+              else DEFAULT_LOSS_WEIGHTS[(preprocessing, bool(normalized))])
   out = {}
   for t in active_terms(config):
     value = getattr(config, t.weight_field)
@@ -318,7 +345,7 @@ def make_targets(net: vgg.VGGParams, content: Array, style, config,
   styles = style if isinstance(style, (list, tuple)) else [style]
   inputs = TargetInputs(net, jnp.asarray(content, jnp.float32),
                         [jnp.asarray(s, jnp.float32) for s in styles], config.pooling,
-                        target_layers(config), style_weights)
+                        target_layers(config), style_weights, config.input_scale)
   return {t.name: t.target(inputs, config) for t in active_terms(config)}
 
 
@@ -333,7 +360,8 @@ def make_terms_fn(config):
   fns = {t.name: t.loss(config) for t in active_terms(config)}
 
   def terms(image, *, net, targets, weights):
-    feats = vgg.features(net, image, layers=layers, pooling=pooling) if layers else {}
+    feats = (vgg.features(net, image, layers=layers, pooling=pooling,
+                          input_scale=config.input_scale) if layers else {})
     return {name: jnp.asarray(fn(feats, image, targets[name], weights[name]["layers"]), jnp.float32)
             for name, fn in fns.items()}
 

@@ -44,8 +44,9 @@ class Progress:
   evaluations: int        # loss+gradient evaluations done
   loss: float             # total loss at the image this step started from
   elapsed: float          # seconds in the loop so far
-  image: Array            # current image (H, W, 3), unclipped
-  terms: dict | None = None   # named loss terms at ``image`` every ``terms_every`` steps
+  image: Array | None     # current image (H, W, 3), unclipped; None inside a multi-step call
+  terms: dict | None = None   # named loss terms (and "total") of the image this step started
+                              # from, or None where the step does not report them
 
 
 @dataclasses.dataclass
@@ -63,12 +64,16 @@ class Result:
     state: the final :class:`~nstjax.optim.State`, to continue with
       :func:`run` (``None`` for batch jobs, whose histories stay in the group).
     reason: why a batch job did not finish, or ``None``.
+    trace: one record per step (:func:`run`): ``{"iteration", "evaluations",
+      "seconds", "losses": {term: value, ..., "total"}}``, the losses of the
+      image the step started from, taken from the step's own evaluation.
   """
   image: np.ndarray | None
   status: str
   summary: dict
   state: Any = None
   reason: str | None = None
+  trace: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +165,10 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
   if not isinstance(net, vgg.VGGParams):
     raise NSTError(f"net must be nstjax.VGGParams (nstjax.load_weights()), got {type(net).__name__}")
   config.validate(net.arch)
+  if net.preprocessing != "caffe" and (config.input_scale is not None
+                                       or config.loss_form == "jcjohnson"):
+    raise NSTError(f"input scale and loss form jcjohnson apply to Caffe-preprocessed weights; "
+                   f"these are {net.preprocessing!r}")
   if resize:
     content, style = prepare_images(content, style, config)
   else:
@@ -203,13 +212,44 @@ def check_history_fits(config: StyleConfig, height: int, width: int, device=None
                    f"use --lbfgs-memory {min(fits, 100)} or less")
 
 
-def step_program(prepared: Prepared, state: optim.State, devices=None):
-  """The compiled step for ``prepared``'s static config and these shapes; (fn, seconds)."""
+def steps_program(prepared: Prepared, state: optim.State, k: int = 1, devices=None):
+  """The compiled program taking ``k`` steps for ``prepared``'s static config and these
+  shapes; ``(fn, seconds)``.
+
+  ``fn(net, image, opt_state, evaluations, targets, weights) -> (state, metrics,
+  good)``: ``metrics`` stacked over the ``k`` steps (a fixed-trip loop: no
+  host round trip between steps), ``good`` the last image whose loss was
+  finite. A non-finite loss freezes the state for the call's remaining steps.
+  """
   static = prepared.config.static_key()
   args = (prepared.net, state.image, state.opt_state, state.evaluations,
           prepared.targets, prepared.weights)
-  return programs.compiled("step", objective.program_key(static), lambda: optim.make_step(static),
-                           args, devices=devices, donate_argnums=(2,))
+  return programs.compiled(f"steps{k}", objective.program_key(static),
+                           lambda: make_steps(static, k), args, devices=devices,
+                           donate_argnums=(2,))
+
+
+def make_steps(config: StyleConfig, k: int):
+  """``k`` optimiser steps as one function (see :func:`steps_program`)."""
+  step = optim.make_step(config)
+
+  def steps(net, image, opt_state, evaluations, targets, weights):
+    def body(carry, _):
+      state, good, stopped = carry
+      new, metrics = step(net, *state, targets, weights)
+      stop = stopped | ~jnp.isfinite(metrics["loss"])
+      keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(stop, x, y), a, b)
+      good = jnp.where(stop, good, state[0])   # the incoming image's loss was finite
+      return (keep(state, tuple(new)), good, stop), metrics
+
+    if k == 1:   # no loop at all
+      new, metrics = step(net, image, opt_state, evaluations, targets, weights)
+      return new, jax.tree.map(lambda a: a[None], metrics), image
+    carry = ((image, opt_state, evaluations), image, jnp.zeros((), bool))
+    (state, good, _), metrics = jax.lax.scan(body, carry, length=k)
+    return optim.State(*state), metrics, good
+
+  return steps
 
 
 def terms_program(prepared: Prepared, image):
@@ -240,6 +280,9 @@ def initial_image(prepared: Prepared):
   init = prepared.config.init
   if init in ("content", "noise", "style"):
     return optim.initial_image(prepared.config, prepared.content, prepared.style)
+  if init == "mean":   # jcjohnson's -init random: randn·0.001 in the network's input units
+    noise = 1e-3 * jax.random.normal(jax.random.key(prepared.config.seed), prepared.content.shape)
+    return vgg.deprocess(noise, prepared.net.preprocessing, prepared.config.input_scale)
   h, w = prepared.content.shape[:2]
   image = nimage.resize_to(nimage.load_image(init), h, w)
   if prepared.config.preserve_colors == "luminance":
@@ -261,7 +304,6 @@ def start_state(prepared: Prepared, start=None) -> optim.State:
   image (a fresh optimiser at it), or a :class:`~nstjax.optim.State` (continue
   it, L-BFGS history included).
   """
-  optimizer = optim.make_optimizer(prepared.config.static_key())
   if isinstance(start, optim.State):
     if start.image.shape != prepared.content.shape:
       raise NSTError(f"the state to continue is for a {start.image.shape[1]}x"
@@ -274,7 +316,7 @@ def start_state(prepared: Prepared, start=None) -> optim.State:
     image = jnp.asarray(nimage.as_rgb(start, "start image"))
     if image.shape != prepared.content.shape:
       image = jax.image.resize(image, prepared.content.shape, "linear")
-  return optim.init_state(optimizer, image)
+  return optim.init_state(prepared.config.static_key(), image, terms=prepared.weights)
 
 
 def devices_record(devices) -> dict:
@@ -310,8 +352,23 @@ def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: 
   }
 
 
+CALL_SECONDS = 0.25   # a compiled call of several steps lasts about this long (Ctrl-C waits)
+MAX_STEPS_PER_CALL = 64
+
+
+def choose_steps_per_call(seconds_per_step: float) -> int:
+  """The most steps (a power of two) one call can take within ``CALL_SECONDS``."""
+  if not seconds_per_step > 0:
+    return 1
+  k = 1
+  while k * 2 <= MAX_STEPS_PER_CALL and k * 2 * seconds_per_step <= CALL_SECONDS:
+    k *= 2
+  return k
+
+
 def run(prepared: Prepared, *, iterations: int | None = None, start=None,
-        callback: Callable[[Progress], None] | None = None, terms_every: int = 10) -> Result:
+        callback: Callable[[Progress], None] | None = None, terms_every: int = 10,
+        image_every: int = 0, steps_per_call: int | None = None) -> Result:
   """Optimises ``prepared``'s image.
 
   Args:
@@ -320,64 +377,102 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
     start: where to start (:func:`start_state`): ``None``, an image or a
       previous :class:`Result`'s ``state``.
     callback: called after every step with a :class:`Progress`.
-    terms_every: every this many steps (and at the last) the callback also
-      gets the named loss terms, at the cost of one forward pass.
+    terms_every: for optax's zoom line search, whose steps do not report the
+      named loss terms, every this many steps (and at the last) the callback
+      gets them at the cost of one forward pass (0: never). nstjax's L-BFGS
+      and Adam report them every step, from the step's own evaluation.
+    image_every: the callback gets the current image at least every this many
+      steps (a call of several steps ends there); 0: only where a call ends.
+    steps_per_call: steps per compiled call; ``None`` chooses from the first
+      step's time so that a call lasts about a quarter of a second (1 on a
+      CPU at usual sizes).
 
   Returns:
-    A :class:`Result` whose ``state`` continues the run. A NaN or inf loss
-    raises :class:`~nstjax.errors.NonFiniteLoss`, which carries the last image
-    whose loss was finite.
+    A :class:`Result` whose ``state`` continues the run and whose ``trace``
+    has one record per step. A NaN or inf loss raises
+    :class:`~nstjax.errors.NonFiniteLoss`, which carries the last image whose
+    loss was finite.
   """
-  iterations = prepared.config.iterations if iterations is None else int(iterations)
+  config = prepared.config
+  iterations = config.iterations if iterations is None else int(iterations)
   if iterations < 0:
     raise NSTError(f"iterations must be >= 0, got {iterations}")
   state = start_state(prepared, start)
   kw = (prepared.net, prepared.targets, prepared.weights)
   terms_fn, terms_seconds = terms_program(prepared, state.image)
   initial = loss_floats(terms_fn(state.image, *kw), prepared.weights)
-  step, compile_seconds = step_program(prepared, state)
+  one, compile_seconds = steps_program(prepared, state, 1)
+  programs_k = {1: one}
+  k_auto = steps_per_call is None
+  k = 1 if k_auto else max(1, int(steps_per_call))
   evaluations0 = int(state.evaluations)
 
-  status, done, good_image, stopped_by = "done", 0, None, None
+  status, done, stopped_by, trace = "done", 0, None, []
+  good = state.image
   t_loop = time.perf_counter()
   try:
-    for iteration in range(1, iterations + 1):
-      new_state, metrics = step(prepared.net, state.image, state.opt_state, state.evaluations,
-                                prepared.targets, prepared.weights)
-      loss = float(metrics["loss"])      # the loss of state.image, the incoming image
-      if not np.isfinite(loss):
-        if done == 0:
-          raise NonFiniteLoss(f"the loss of the initial image is {loss}; check the inputs "
-                              f"and loss weights", iteration=0, image=None)
-        raise NonFiniteLoss(
-            f"loss became {loss} after iteration {done}; keeping the last image with a "
-            f"finite loss (iteration {done - 1}); try smaller loss weights or learning rate",
-            iteration=done - 1, image=np.clip(np.asarray(good_image), 0, 1))
-      good_image, state, done = state.image, optim.State(*new_state), iteration
-      if callback is not None:
+    while done < iterations:
+      left = iterations - done
+      if image_every:
+        left = min(left, image_every - done % image_every)
+      n = k if left >= k else 1
+      if n not in programs_k:
+        programs_k[n], seconds = steps_program(prepared, state, n)
+        compile_seconds += seconds
+      t_call = time.perf_counter()
+      new_state, metrics, good = programs_k[n](prepared.net, state.image, state.opt_state,
+                                               state.evaluations, prepared.targets,
+                                               prepared.weights)
+      metrics = jax.device_get(metrics)     # one transfer per call
+      if k_auto and done == 1:   # the first call includes warm-up; time the second
+        k = choose_steps_per_call(time.perf_counter() - t_call)
+      state = optim.State(*new_state)
+      losses = np.asarray(metrics["loss"])
+      for j in range(n):
+        loss = float(losses[j])             # the loss of the image step j started from
+        if not np.isfinite(loss):
+          if done == 0:
+            raise NonFiniteLoss(f"the loss of the initial image is {loss}; check the inputs "
+                                f"and loss weights", iteration=0, image=None)
+          raise NonFiniteLoss(
+              f"loss became {loss} after iteration {done}; keeping the last image with a "
+              f"finite loss (iteration {done - 1}); try smaller loss weights or learning rate",
+              iteration=done - 1, image=np.clip(np.asarray(good), 0, 1))
+        done += 1
+        elapsed = time.perf_counter() - t_loop
         terms = None
-        if terms_every and (iteration % terms_every == 0 or iteration == iterations):
-          terms = loss_floats(terms_fn(state.image, *kw), prepared.weights)
-        callback(Progress(iteration=iteration, iterations=iterations,
-                          evaluations=int(metrics["evaluations"]) - evaluations0, loss=loss,
-                          elapsed=time.perf_counter() - t_loop, image=state.image, terms=terms))
+        if "terms" in metrics:
+          terms = {name: float(v[j]) for name, v in metrics["terms"].items()}
+          terms["total"] = loss
+        trace.append({"iteration": done, "evaluations": int(metrics["evaluations"][j]) - evaluations0,
+                      "seconds": round(elapsed, 5), "losses": terms or {"total": loss}})
+        if callback is not None:
+          last = j == n - 1
+          if terms is None and terms_every and last and (done % terms_every == 0
+                                                         or done == iterations):
+            terms = loss_floats(terms_fn(state.image, *kw), prepared.weights)
+          callback(Progress(iteration=done, iterations=iterations,
+                            evaluations=trace[-1]["evaluations"], loss=loss, elapsed=elapsed,
+                            image=state.image if last else None, terms=terms))
   except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM/SIGHUP as nstjax.errors.Interrupted
     status, stopped_by = "interrupted", getattr(e, "name", "SIGINT")
   seconds = time.perf_counter() - t_loop
 
-  final = loss_floats(terms_fn(state.image, *kw), prepared.weights)
+  image = optim.accepted_image(config.static_key(), state)
+  final = loss_floats(terms_fn(image, *kw), prepared.weights)
   if not np.isfinite(final["total"]):
     # The last step's result was never checked by the loop; its predecessor was.
+    previous = None if done == 0 else np.clip(np.asarray(good), 0, 1)
     raise NonFiniteLoss(
         f"the loss of the final image is {final['total']}; keeping the last image "
-        f"with a finite loss (iteration {done - 1})", iteration=done - 1,
-        image=None if good_image is None else np.clip(np.asarray(good_image), 0, 1))
+        f"with a finite loss (iteration {done - 1})", iteration=done - 1, image=previous)
   summary = summarise(prepared, status=status, iterations=done,
                       evaluations=int(state.evaluations) - evaluations0, seconds=seconds,
                       compile_seconds=compile_seconds + terms_seconds, initial=initial, final=final,
+                      steps_per_call=k,
                       **({"interrupted_by": stopped_by} if stopped_by else {}))
-  return Result(image=finish_image(prepared, state.image), status=status, summary=summary,
-                state=state)
+  return Result(image=finish_image(prepared, image), status=status, summary=summary,
+                state=state, trace=trace)
 
 
 def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConfig(), *,

@@ -150,23 +150,28 @@ def _per_channel(values, like: Array) -> Array:
   return jnp.asarray(values, like.dtype).reshape((1,) * (like.ndim - 1) + (-1,))
 
 
-def preprocess(image: Array, preprocessing: str) -> Array:
+def preprocess(image: Array, preprocessing: str, input_scale: float | None = None) -> Array:
   """RGB image in [0, 1], shape (..., H, W, 3) -> network input.
 
-  ``caffe``: BGR, 0..255, minus ``CAFFE_BGR_MEAN``. ``torch``: RGB,
-  ``(x - IMAGENET_MEAN) / IMAGENET_STD``.
+  ``caffe``: BGR, times ``input_scale`` (default 255; jcjohnson/neural-style
+  uses 256), minus ``CAFFE_BGR_MEAN``. ``torch``: RGB,
+  ``(x - IMAGENET_MEAN) / IMAGENET_STD`` (``input_scale`` must be ``None``).
   """
   if preprocessing == "caffe":
-    return image[..., ::-1] * 255.0 - _per_channel(CAFFE_BGR_MEAN, image)
+    scale = 255.0 if input_scale is None else float(input_scale)
+    return image[..., ::-1] * scale - _per_channel(CAFFE_BGR_MEAN, image)
+  if input_scale is not None:
+    raise NSTError(f"an input scale applies to Caffe-preprocessed weights, not {preprocessing!r}")
   if preprocessing == "torch":
     return (image - _per_channel(IMAGENET_MEAN, image)) / _per_channel(IMAGENET_STD, image)
   raise NSTError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSINGS}")
 
 
-def deprocess(x: Array, preprocessing: str) -> Array:
+def deprocess(x: Array, preprocessing: str, input_scale: float | None = None) -> Array:
   """Inverse of :func:`preprocess`: network input -> RGB image in [0, 1] scale."""
   if preprocessing == "caffe":
-    return ((x + _per_channel(CAFFE_BGR_MEAN, x)) / 255.0)[..., ::-1]
+    scale = 255.0 if input_scale is None else float(input_scale)
+    return ((x + _per_channel(CAFFE_BGR_MEAN, x)) / scale)[..., ::-1]
   if preprocessing == "torch":
     return x * _per_channel(IMAGENET_STD, x) + _per_channel(IMAGENET_MEAN, x)
   raise NSTError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSINGS}")
@@ -249,7 +254,7 @@ def pool2x2(x: Array, pooling: str) -> Array:
 
 
 def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
-             pooling: str = "max") -> dict[str, Array]:
+             pooling: str = "max", input_scale: float | None = None) -> dict[str, Array]:
   """Named VGG activations of one image.
 
   Args:
@@ -259,6 +264,7 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
     layers: names such as ``("relu1_1", "conv4_2", "pool3")``; static under
       jit. The network runs only up to the deepest of them.
     pooling: ``"max"`` or ``"avg"`` (Gatys et al. use average pooling).
+    input_scale: Caffe weights: the pixel scale (:func:`preprocess`).
 
   Returns:
     ``{name: (h, w, C)}`` for every name in ``layers``.
@@ -273,7 +279,7 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
   if pooling not in POOLINGS:
     raise NSTError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
   wanted = set(layers)
-  x = preprocess(image, params.preprocessing)[None]
+  x = preprocess(image, params.preprocessing, input_scale)[None]
   out = {}
 
   def tap(name, value):

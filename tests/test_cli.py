@@ -41,7 +41,7 @@ def test_stylize_writes_image_summary_and_metadata(tmp_path, image_files, tiny_w
 
 def recording_run(seen):
   """A stand-in for nstjax.pipeline.run that records the config the CLI built."""
-  def fake_run(prepared, callback=None):
+  def fake_run(prepared, callback=None, **kw):
     seen["config"] = prepared.config
     return nstjax.Result(image=np.zeros(prepared.content.shape, np.float32), status="done",
                          summary={"width": 1, "height": 1, "iterations": 0, "evaluations": 0,

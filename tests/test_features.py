@@ -38,7 +38,7 @@ def test_unknown_init_is_one_line(tmp_path, image_files, tiny_weights_file, caps
   content, style = image_files
   code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "o.png", "--init", "nothing.png",
                              "--weights", tiny_weights_file, "--size", "32", "-q"], capsys)
-  assert code == 1 and "init must be content, noise, style or an image file" in err
+  assert code == 1 and "init must be content, noise, style, mean or an image file" in err
 
 
 def test_init_in_a_manifest_is_relative_to_it(tmp_path, image_files):
@@ -284,3 +284,48 @@ def test_presets_are_listed_and_applied_under_explicit_flags(tmp_path, image_fil
   code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "o.png", "--preset", "nope",
                              "--weights", tiny_weights_file, "--size", "32", "-q"], capsys)
   assert code == 1 and "unknown preset 'nope'" in err
+
+
+# --- loss trace ------------------------------------------------------------------------------
+
+def test_trace_and_plot_from_the_cli_and_batch(tmp_path, image_files, tiny_weights_file, capsys):
+  content, style = image_files
+  out, trace, plot = tmp_path / "o.png", tmp_path / "trace.json", tmp_path / "loss.png"
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", out, "--trace", trace, "--plot", plot,
+                             "--line-search", "backtracking", "--weights", tiny_weights_file,
+                             "--size", "32", "--iterations", "5", "-q"], capsys)
+  assert code == 0, err
+  doc = json.loads(trace.read_text())
+  records = doc["records"]
+  assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5]
+  assert set(records[0]["losses"]) == {"content", "style", "tv", "total"}
+  assert records[-1]["evaluations"] == 5 and records[-1]["seconds"] > 0
+  assert set(doc["loss_weights"]) == {"content", "style", "tv"}
+  picture = np.asarray(Image.open(plot))
+  assert picture.ndim == 3 and picture.shape[1] > 400 and (picture < 200).any()
+  manifest = tmp_path / "jobs.csv"
+  manifest.write_text(f"content,style,name\n{content},{style},a\n")
+  code, _, err = nstjax_cli(["batch", manifest, "-o", tmp_path / "out", "--size", "32", "--iterations",
+                             "3", "--line-search", "none", "--traces", "--weights", tiny_weights_file,
+                             "-q"], capsys)
+  assert code == 0, err
+  records = json.loads((tmp_path / "out" / "a.trace.json").read_text())["records"]
+  assert [r["iteration"] for r in records] == [1, 2, 3] and "style" in records[0]["losses"]
+
+
+def test_trace_of_the_zoom_line_search_has_the_total_every_step(tiny_net):
+  content, style = _content_style()
+  r = nstjax.optimize(tiny_net, content, style, dataclasses.replace(BASE, line_search="zoom"))
+  assert [t["iteration"] for t in r.trace] == [1, 2, 3, 4]
+  assert all(set(t["losses"]) == {"total"} for t in r.trace)   # optax's zoom reports no terms
+  assert r.trace[0]["losses"]["total"] == pytest.approx(r.summary["initial_losses"]["total"], rel=1e-5)
+
+
+def test_plot_draws_every_weighted_term(tiny_net):
+  from nstjax.plot import plot_trace, series
+  trace = [{"iteration": i, "losses": {"content": 1.0 / i, "style": 10.0 / i, "total": 11.0 / i}}
+           for i in range(1, 6)]
+  s = series(trace, {"content": 2.0, "style": 0.5})
+  assert s["content"][0] == 2.0 and s["style"][0] == 5.0 and s["total"][0] == 11.0
+  image = plot_trace(trace, {"content": 2.0, "style": 0.5})
+  assert image.shape == (520, 900, 3) and image.min() < 0.5

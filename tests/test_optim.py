@@ -25,9 +25,10 @@ def test_optimizers_reduce_style_loss(tiny_net, content32, style32, optimizer, l
   assert r.image.shape == content32.shape and r.image.min() >= 0 and r.image.max() <= 1
 
 
-def test_initial_state_is_strongly_typed(tiny_net, content32):
-  opt = optim.make_optimizer(BASE)
-  state = optim.init_state(opt, content32)
+@pytest.mark.parametrize("line_search", ["zoom", "backtracking", "none"])
+def test_initial_state_is_strongly_typed(tiny_net, content32, line_search):
+  cfg = dataclasses.replace(BASE, line_search=line_search)
+  state = optim.init_state(cfg, content32, terms={"content": 0, "style": 0})
   weak = [x for x in jax.tree.leaves(state) if getattr(x, "weak_type", False)]
   assert weak == []
 
