@@ -52,7 +52,11 @@ def worker(args):
   import nstjax
   net = nstjax.load_weights(args.weights)
   content, style = square(CONTENT, args.size), square(STYLE, args.size)
-  cfg = nstjax.StyleConfig(size=None, iterations=args.steps + args.warmup, optimizer=args.optimizer,
+  # "lbfgs-zoom": optax's zoom line search; "lbfgs": the default (nstjax's backtracking).
+  optimizer, line_search = (("lbfgs", "zoom") if args.optimizer == "lbfgs-zoom"
+                            else (args.optimizer, "auto"))
+  cfg = nstjax.StyleConfig(size=None, iterations=args.steps + args.warmup, optimizer=optimizer,
+                           line_search=line_search,
                            pooling=args.pooling, content_weight=args.alpha, style_weight=args.beta,
                            tv_weight=0.0, lbfgs_memory=args.lbfgs_memory)
   stamps = []
@@ -73,7 +77,8 @@ def worker(args):
 def run_peer(args, size, optimizer):
   cmd = [args.peer_python, str(Path(args.peer_dir) / "gatys.py"), "--weights", args.weights_path,
          "--size", str(size), "--steps", str(STEPS.get(size, 10)), "--threads", str(args.threads),
-         "--content", str(CONTENT), "--style", str(STYLE), "--optimizer", optimizer,
+         "--content", str(CONTENT), "--style", str(STYLE),
+         "--optimizer", "lbfgs" if optimizer.startswith("lbfgs") else optimizer,
          "--pooling", args.pooling, "--alpha", str(args.alpha), "--beta", str(args.beta)]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
   r = json.loads(out.strip().splitlines()[-1])

@@ -40,6 +40,8 @@ def main():
   ap.add_argument("--iterations", type=int, default=30)
   ap.add_argument("--separate", type=int, default=8, help="jobs run as separate processes")
   ap.add_argument("--sharded-size", type=int, default=128)
+  ap.add_argument("--modes", default="auto", help="batch modes to time (auto,vmap,map)")
+  ap.add_argument("--skip-sharded", action="store_true")
   args = ap.parse_args()
   rows = []
   common = ["--iterations", str(args.iterations), "-q"]
@@ -54,14 +56,17 @@ def main():
                    "images_per_minute": round(60 * args.separate / total, 2)})
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
       for b in [int(x) for x in args.batches.split(",")]:
-        secs = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
-                               "style-weight=" + ",".join(weights_for(b)), "-o", f"{tmp}/batch_{size}_{b}",
-                               "--size", str(size)] + common)
-        rows.append({"size": size, "mode": "nstjax batch", "jobs": b, "seconds": round(secs, 2),
-                     "images_per_minute": round(60 * b / secs, 2)})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for mode in args.modes.split(","):
+          secs = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
+                                 "style-weight=" + ",".join(weights_for(b)), "-o",
+                                 f"{tmp}/batch_{size}_{b}_{mode}", "--size", str(size),
+                                 "--batch-mode", mode] + common)
+          rows.append({"size": size, "mode": f"nstjax batch ({mode})", "jobs": b,
+                       "seconds": round(secs, 2), "images_per_minute": round(60 * b / secs, 2),
+                       "throughput_vs_separate": round(total / args.separate * b / secs, 3)})
+          print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     size, b = args.sharded_size, max(int(x) for x in args.batches.split(","))
-    for devices in (1, 2):
+    for devices in (() if args.skip_sharded else (1, 2)):
       env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
       secs = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
                              "style-weight=" + ",".join(weights_for(b)), "-o", f"{tmp}/shard_{devices}",

@@ -7,6 +7,7 @@ code 1; Ctrl-C saves the current image and exits 130.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Optional
@@ -59,7 +60,7 @@ def stylize(
     style: Optional[list[Path]] = typer.Argument(
         None, help="Style image(s): several are blended (--style-blend-weights); a folder means every "
                    "image in it (default: the --config summary's)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output image (.png keeps the parameters in its metadata)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output image (.png keeps the parameters in its metadata); required unless --dry-run."),
     preset: Optional[str] = PRESET_OPTION,
     config_file: Optional[Path] = typer.Option(
         None, "--config", help="Re-run a previous run: its --summary JSON (or a JSON object of settings). "
@@ -72,6 +73,12 @@ def stylize(
     plot: Optional[Path] = typer.Option(None, help="Draw the weighted loss terms over the steps "
                                                    "(log scale) into this PNG."),
     bit_depth: int = BIT_DEPTH_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Compile what the run would compile and print "
+                                 "its memory plan per scale (no image is computed or written; "
+                                 "--summary gets the plan as JSON)."),
+    max_memory: Optional[str] = typer.Option(None, metavar="SIZE|auto", help="Keep the planned peak "
+                                             "under SIZE (e.g. 8GB; auto: the device's memory or the "
+                                             "free RAM): a smaller L-BFGS history if needed, else refuse."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
     config_values: dict = None,
 ):
@@ -96,8 +103,15 @@ def stylize(
   import numpy as np
   from nstjax import files, pipeline
   from nstjax import image as nimage
-  nimage.check_writable(output, bit_depth)
-  intermediates = ([_intermediate_path(output, i) for i in range(save_every, config.iterations, save_every)]
+  if output is None and not dry_run:
+    raise NSTError("give -o/--output (the image to write), or --dry-run for the memory plan only")
+  if output is None:
+    output = Path("dry-run.png")   # never written: only names intermediates in the checks
+  else:
+    nimage.check_writable(output, bit_depth)
+  from nstjax.pipeline import scale_schedule
+  total_steps = sum(n for _, n in scale_schedule(config, config.size or 512))   # over all scales
+  intermediates = ([_intermediate_path(output, i) for i in range(save_every, total_steps, save_every)]
                    if save_every else [])
   for path in [output] + intermediates[-1:]:
     files.check_name_length(path)
@@ -120,24 +134,48 @@ def stylize(
     config = apply_preset(preset, config, net, given)
   config.validate(net.arch)
   enable_compilation_cache()
-  with guarded_compilation_cache():
-    prepared = pipeline.prepare(net, content_img, style_imgs if len(style_imgs) > 1 else style_imgs[0],
-                                config)
+  style_arg = style_imgs if len(style_imgs) > 1 else style_imgs[0]
+  if dry_run or max_memory is not None:
+    from nstjax import plan as nplan
+    with guarded_compilation_cache():
+      if max_memory is not None:
+        config, memory_plan, measures = nplan.fit(net, content_img, style_arg, config,
+                                                  nplan.parse_max_memory(max_memory))
+      else:
+        memory_plan, measures = nplan.make_plan(net, content_img, style_arg, config), []
+    if measures:
+      say(f"--max-memory: {'; '.join(measures)}")
+    if dry_run:
+      _print_plan(memory_plan, measures)
+      if summary is not None:
+        files.write_json(summary, {**memory_plan, "measures": measures,
+                                   "config": dataclasses.asdict(config)})
+      return
+  if config.scales is None:
+    with guarded_compilation_cache():
+      prepared = pipeline.prepare(net, content_img, style_arg, config)
+    loss_weights = prepared.loss_weights
+  else:   # each scale is prepared when it starts
+    loss_weights = config.loss_weights(net.preprocessing, net.normalized)
   record = run_record(content=content, style=styles, weights=weights_record, config=config,
-                      loss_weights=prepared.loss_weights)
+                      loss_weights=loss_weights)
 
   def save(img, path=output, **state):
     nimage.save_image(img, path, metadata={**record, **state}, bit_depth=bit_depth)
 
-  with Bar(config.iterations, quiet) as bar:
+  with Bar(total_steps, quiet) as bar:
     def callback(p):
       bar.update(p)
-      if save_every and p.iteration % save_every == 0 and p.iteration < config.iterations:
+      if save_every and p.iteration % save_every == 0 and p.iteration < total_steps:
         save(np.clip(np.asarray(p.image), 0, 1), _intermediate_path(output, p.iteration),
              status="running", iterations_done=p.iteration)
     try:
       with guarded_compilation_cache():
-        result = pipeline.run(prepared, callback=callback, image_every=save_every)
+        if config.scales is None:
+          result = pipeline.run(prepared, callback=callback, image_every=save_every)
+        else:
+          result = pipeline.run_scales(net, content_img, style_arg, config, callback=callback,
+                                       image_every=save_every)
     except NonFiniteLoss as e:
       if e.image is not None:
         save(e.image, status="non-finite", iterations_done=e.iteration)
@@ -152,12 +190,31 @@ def stylize(
   if plot is not None:
     from nstjax.plot import plot_trace
     nimage.save_image(plot_trace(result.trace, s["loss_weights"]), plot)
+  for r in s.get("scales", []):
+    say(f"scale {r['scale'] + 1}: {r['width']}x{r['height']}, {r['iterations']} iterations, "
+        f"{r['evaluations']} evaluations, {r['seconds']:.1f} s, loss {r['losses']['total']:.4g}")
   say(f"wrote {output} ({s['width']}x{s['height']}, {s['iterations']} iterations, "
       f"{s['evaluations']} evaluations, {s['seconds']:.1f} s, loss {s['losses']['total']:.4g})")
   if result.status == "interrupted":
     say(f"interrupted ({s.get('interrupted_by', 'SIGINT')}) after {s['iterations']} iterations: "
         f"saved the current image")
     raise typer.Exit(STOP.exit_code)
+
+
+def _print_plan(memory_plan: dict, measures: list[str]) -> None:
+  from nstjax.memory import human
+  for e in memory_plan["plan"]:
+    temp = "n/a" if e["temp_bytes"] is None else human(e["temp_bytes"])
+    typer.echo(f"{e['width']}x{e['height']} ({e['iterations']} steps): estimated peak "
+               f"{human(e['estimated_peak_bytes'])} = weights {human(e['weights_bytes'])} + "
+               f"optimizer state {human(e['optimizer_state_bytes'])} (L-BFGS history "
+               f"{human(e['lbfgs_history_bytes'])}) + targets {human(e['targets_bytes'])} + "
+               f"image {human(e['image_bytes'])} + XLA working set {temp}")
+  capacity = memory_plan["device_capacity_bytes"]
+  typer.echo(f"device: {'capacity not reported' if capacity is None else human(capacity)}; "
+             f"peak {human(memory_plan['estimated_peak_bytes'])}"
+             + ("" if capacity is None else (" fits" if memory_plan["fits"] else " does NOT fit"))
+             + (f"; measures: {'; '.join(measures)}" if measures else ""))
 
 
 @app.command("attention-map")

@@ -8,12 +8,14 @@ whose static configuration (:meth:`~nstjax.config.StyleConfig.static_key`),
 step count and argument shapes agree form a group, run as one program: the
 jobs are split over the devices with ``jax.shard_map`` (a 1-D ``data`` mesh;
 the job count is padded to a multiple of the device count and the padding
-discarded), and on each device ``lax.map`` steps the jobs one after another.
+discarded), and on each device the jobs are stepped together (``vmap``: one
+batched program, the default for nstjax's L-BFGS and Adam, whose steps have no
+control flow) or one after another (``lax.map``: optax's zoom line search).
 Each job keeps its own optimiser state, L-BFGS line search, targets and
 weights; a job whose loss becomes NaN stops there and keeps its last finite
 image (``"non-finite"``) while the others go on.
 
-Why ``lax.map`` and not ``vmap``: under ``vmap`` optax's zoom line search turns
+Why ``lax.map`` for the zoom line search: under ``vmap`` it turns
 every ``lax.cond`` into a ``select`` that runs both branches, measured 5–10×
 slower than solving the jobs one after another; a sequential map per device
 keeps each job's control flow and still shares one compilation, one weights
@@ -33,9 +35,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from nstjax import objective, optim, programs, vgg
 from nstjax.config import StyleConfig
-from nstjax.errors import NSTError
-from nstjax.pipeline import (Prepared, Result, finish_image, loss_floats, prepare, start_state,
-                             summarise)
+from nstjax.errors import NonFiniteLoss, NSTError
+from nstjax.pipeline import (Prepared, Result, finish_image, loss_floats, prepare, run_scales,
+                             start_state, summarise)
 
 Array = jax.Array
 
@@ -62,12 +64,26 @@ def group_key(p: Prepared):
   return (p.config.static_key(), p.config.iterations, shapes)
 
 
+def batch_mode(config) -> str:
+  """How a device steps its jobs: ``vmap`` (one batched program: the convolutions of all
+  jobs together) or ``map`` (one job after another)."""
+  if config.batch_mode != "auto":
+    return config.batch_mode
+  # optax's zoom has data-dependent loops: under vmap both sides of every branch run.
+  return "map" if optim.uses_line_search(config) else "vmap"
+
+
 def _batch_step(static_key, mesh):
   step = optim.make_step(static_key)
 
-  def per_device(net, images, opt_states, evaluations, targets, weights):
-    return jax.lax.map(lambda args: step(net, *args),
-                       (images, opt_states, evaluations, targets, weights))
+  if batch_mode(static_key) == "vmap":
+    def per_device(net, images, opt_states, evaluations, targets, weights):
+      return jax.vmap(lambda *args: step(net, *args))(images, opt_states, evaluations, targets,
+                                                       weights)
+  else:
+    def per_device(net, images, opt_states, evaluations, targets, weights):
+      return jax.lax.map(lambda args: step(net, *args),
+                         (images, opt_states, evaluations, targets, weights))
 
   # check_vma=False: value_and_grad_from_state's lax.cond mixes replicated and
   # per-device values (anchors-jax §1.3e).
@@ -227,7 +243,7 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
     if on_result is not None:
       on_result(i, result)
 
-  networks, prepared = {}, {}
+  networks, prepared, multiscale = {}, {}, {}
   for i, (c, s, cfg) in enumerate(zip(contents, styles, configs)):
     try:
       if not isinstance(cfg, StyleConfig):
@@ -236,6 +252,9 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
       layers = objective.network_layers(cfg)
       if layers not in networks:
         networks[layers] = vgg.prepare(net, layers)
+      if cfg.scales is not None:   # coarse-to-fine: one job at a time, scale by scale
+        multiscale[i] = (c, s, cfg, networks[layers])
+        continue
       prepared[i] = prepare(net, c, s, cfg, network=networks[layers])
     except NSTError as e:
       deliver(i, failed(cfg if isinstance(cfg, StyleConfig) else None, str(e)))
@@ -258,4 +277,26 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
     for i, r in zip(idx, results):
       interrupted = interrupted or r.status == "interrupted"
       deliver(i, r)
+  for g, (i, (c, s, cfg, network)) in enumerate(multiscale.items(), start=len(groups)):
+    if interrupted:
+      deliver(i, failed(cfg, "not started (interrupted)", status="interrupted"))
+      continue
+
+    def cb(p, g=g):
+      if callback is not None:
+        callback(BatchProgress(group=g, groups=len(groups) + len(multiscale), iteration=p.iteration,
+                               iterations=p.iterations, jobs=1, losses=np.asarray([p.loss]),
+                               elapsed=p.elapsed))
+    try:
+      r = run_scales(net, c, s, cfg, callback=cb, network=network)
+    except NonFiniteLoss as e:
+      r = Result(image=e.image, status="non-finite", reason=str(e),
+                 summary={"status": "non-finite", "reason": str(e), "losses": None,
+                          "evaluations": None, "iterations": e.iteration,
+                          "loss_weights": cfg.loss_weights(net.preprocessing, net.normalized),
+                          "config": dataclasses.asdict(cfg)})
+    except NSTError as e:
+      r = failed(cfg, str(e))
+    interrupted = r.status == "interrupted"
+    deliver(i, r)
   return out

@@ -38,6 +38,7 @@ CONTENT_LAYERS = ("relu4_2",)   # the papers' "conv4_2": Caffe's blob after its 
 OPTIMIZERS = ("lbfgs", "adam")
 LINE_SEARCHES = ("auto", "zoom", "backtracking", "none")
 LOSS_FORMS = ("gatys", "jcjohnson")
+BATCH_MODES = ("auto", "vmap", "map")
 INITS = ("content", "noise", "style", "mean")   # or an image file's path
 COLOUR_MODES = ("none", "post", "match", "luminance")
 STYLE_LOSSES = ("gram", "pca", "pca-paper", "svd", "weighted")
@@ -118,6 +119,24 @@ def _int_pair(value, name):
   if not isinstance(value, (list, tuple)) or len(value) != 2:
     raise NSTError(f"{name} must be two comma-separated integers, got {value!r}")
   return tuple(_number(int)(v, name) for v in value)
+
+
+def _ints(value, name):
+  """``"256,512"``, a list or one integer -> ``(256, 512)``."""
+  if isinstance(value, int) and not isinstance(value, bool):
+    value = [value]
+  if isinstance(value, str):
+    value = [s for s in value.split(",") if s.strip()]
+  if not isinstance(value, (list, tuple)):
+    raise NSTError(f"{name} must be comma-separated integers, got {value!r}")
+  return tuple(_number(int)(v, name) for v in value)
+
+
+def _scales(value, name):
+  """``"auto"``, ``"256,512,1024"`` or a list -> ``"auto"`` or a tuple of sizes."""
+  if isinstance(value, str) and value.strip().lower() == "auto":
+    return "auto"
+  return _ints(value, name)
 
 
 def _k_spec(value, name):
@@ -209,6 +228,13 @@ class StyleConfig:
       help="Weights of the style images (default equal; normalised to sum 1).")
   iterations: int = option(500, kind=HOST, read=_number(int), group=G_RUN,
                            help="Optimiser steps (an L-BFGS step may evaluate the loss more than once).")
+  scales: str | tuple[int, ...] | None = option(
+      None, kind=HOST, read=_optional(_scales), group=G_RUN,
+      help="Coarse-to-fine: auto, or long sides such as 256,512,1024 (the last is the output's "
+           "size). Each scale starts from the previous one's result, upsampled.")
+  scale_iterations: tuple[int, ...] | None = option(
+      None, kind=HOST, read=_optional(_ints), group=G_RUN,
+      help="Steps at each scale (default: --iterations at the last, twice the next scale's below).")
   optimizer: str = option("lbfgs", kind=STATIC, read=_text, group=G_OPT, choices=OPTIMIZERS,
                           help="L-BFGS (see --line-search) or Adam.")
   lr: float | None = option(None, kind=STATIC, read=_optional(_number(float)), group=G_OPT,
@@ -219,7 +245,11 @@ class StyleConfig:
   line_search: str = option("auto", kind=STATIC, read=_text, group=G_OPT, choices=LINE_SEARCHES,
                             help="L-BFGS step rule: zoom (optax, strong Wolfe), backtracking (one "
                                  "evaluation per step, no host round trips), none (a fixed step "
-                                 "--lr, default 1); auto: none when --lr is given, else zoom.")
+                                 "--lr, default 1); auto: none when --lr is given, else "
+                                 "backtracking.")
+  batch_mode: str = option("auto", kind=STATIC, read=_text, group=G_OPT, choices=BATCH_MODES,
+                           help="Batches: step a device's jobs together (vmap) or one after "
+                                "another (map); auto: vmap unless the line search is zoom.")
   pixel_scale: float = option(1.0, kind=STATIC, read=_number(float), group=G_OPT,
                               help="L-BFGS works on the image times this (256: jcjohnson's 0..256 "
                                    "pixel values); matters for the first step and fixed steps.")
@@ -357,6 +387,19 @@ class StyleConfig:
         raise NSTError("style blend weights must not all be 0")
     if self.iterations < 0:
       raise NSTError(f"iterations must be >= 0, got {self.iterations}")
+    if isinstance(self.scales, tuple):
+      if not self.scales or any(not 16 <= s <= 16384 for s in self.scales) or list(
+          self.scales) != sorted(set(self.scales)):
+        raise NSTError(f"scales must be increasing sizes between 16 and 16384, got "
+                       f"{','.join(map(str, self.scales))}")
+    if self.scale_iterations is not None:
+      if self.scales is None:
+        raise NSTError("scale iterations need --scales")
+      if any(n < 0 for n in self.scale_iterations):
+        raise NSTError(f"scale iterations must be >= 0, got {self.scale_iterations}")
+      if isinstance(self.scales, tuple) and len(self.scale_iterations) != len(self.scales):
+        raise NSTError(f"{len(self.scale_iterations)} scale iterations for "
+                       f"{len(self.scales)} scales")
     if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
       raise NSTError(f"lr must be a finite number > 0, got {self.lr}")
     if not (math.isfinite(self.pixel_scale) and self.pixel_scale > 0):

@@ -70,63 +70,81 @@ def init(n: int, memory_size: int, dtype=jnp.float32) -> CompactLBFGSState:
       params=jnp.zeros((n,), dtype), grad=jnp.zeros((n,), dtype))
 
 
-def record(state: CompactLBFGSState, x: Array, g: Array, step: Array | None = None
-           ) -> tuple[CompactLBFGSState, Array, Array]:
+def record(state: CompactLBFGSState, x: Array, g: Array, step: Array | None = None,
+           take: Array | bool = True) -> tuple[CompactLBFGSState, Array, Array]:
   """Adds the pair (x - previous x, g - previous g) if its curvature is positive.
 
   ``step``: the step taken, ``t·d``, used for ``s`` instead of the difference of
   the iterates (as Torch7's optim.lbfgs does): in float32 the difference of two
   nearby images loses the step's low bits (a first step moves a pixel by ~1e-6).
+  ``take=False`` (traced): a rejected trial point; nothing changes.
+
+  The history is written one row at a time (an in-place update when the state
+  is donated): no copy of the (m, n) buffers is ever made.
 
   Returns ``(state, Sg, Yg)`` with ``Sg = S g`` and ``Yg = Y g`` for the
   updated history (the direction needs them; they come from the same pass
   over the history as the new pair's products).
   """
   m = state.s.shape[0]
+  take = jnp.asarray(take)
   s_new = x - state.params if step is None else step
   y_new = g - state.grad
-  stacked = jnp.stack([g, s_new, y_new], axis=1)                    # (n, 3)
-  s_prod = jnp.matmul(state.s, stacked, precision=_HIGHEST)          # (m, 3)
-  y_prod = jnp.matmul(state.y, stacked, precision=_HIGHEST)
   sy_new = jnp.vdot(s_new, y_new, precision=_HIGHEST)
   yy_new = jnp.vdot(y_new, y_new, precision=_HIGHEST)
-  accept = ((state.count > 0) & (sy_new > CURVATURE_EPS)
+  accept = (take & (state.count > 0) & (sy_new > CURVATURE_EPS)
             & jnp.isfinite(sy_new) & jnp.isfinite(yy_new))
   k = state.pairs % m
 
   def put(old, new):
     return jnp.where(accept, new, old)
 
-  # Row and column k of the small products: s_k·y_j, s_i·y_k, y_k·y_j.
-  sy = state.sy.at[k, :].set(y_prod[:, 1]).at[:, k].set(s_prod[:, 2]).at[k, k].set(sy_new)
-  yy = state.yy.at[k, :].set(y_prod[:, 2]).at[:, k].set(y_prod[:, 2]).at[k, k].set(yy_new)
-  sg = s_prod[:, 0].at[k].set(jnp.vdot(s_new, g, precision=_HIGHEST))
-  yg = y_prod[:, 0].at[k].set(jnp.vdot(y_new, g, precision=_HIGHEST))
+  # Write row k first, then read the buffers once: XLA updates a donated buffer
+  # in place only when no earlier read of it is pending (a read-then-write
+  # order costs a copy of the whole history on XLA:CPU).
+  s_hist = state.s.at[k].set(put(state.s[k], s_new))
+  y_hist = state.y.at[k].set(put(state.y[k], y_new))
+  stacked = jnp.stack([g, s_new, y_new], axis=1)                    # (n, 3)
+  s_prod = jnp.matmul(s_hist, stacked, precision=_HIGHEST)           # (m, 3): S g, S s, S y
+  y_prod = jnp.matmul(y_hist, stacked, precision=_HIGHEST)           # Y g, Y s, Y y
+  # Row and column k of the small products (the new pair against every pair,
+  # itself included): s_k·y_j = (Y s_k)_j, s_i·y_k = (S y_k)_i, y_k·y_j = (Y y_k)_j.
+  sy = state.sy.at[k, :].set(y_prod[:, 1]).at[:, k].set(s_prod[:, 2])
+  yy = state.yy.at[k, :].set(y_prod[:, 2]).at[:, k].set(y_prod[:, 2])
   new = CompactLBFGSState(
-      count=state.count + 1,
+      count=state.count + take.astype(jnp.int32),
       pairs=state.pairs + accept.astype(jnp.int32),
-      s=put(state.s, state.s.at[k].set(s_new)),
-      y=put(state.y, state.y.at[k].set(y_new)),
-      sy=put(state.sy, sy), yy=put(state.yy, yy),
+      s=s_hist, y=y_hist, sy=put(state.sy, sy), yy=put(state.yy, yy),
       age=put(state.age, state.age.at[k].set(state.pairs)),
       gamma=put(state.gamma, sy_new / jnp.where(accept, yy_new, 1.0)),
-      params=x, grad=g)
-  return new, put(s_prod[:, 0], sg), put(y_prod[:, 0], yg)
+      params=jnp.where(take, x, state.params), grad=jnp.where(take, g, state.grad))
+  return new, s_prod[:, 0], y_prod[:, 0]
+
+
+def forget(state: CompactLBFGSState) -> CompactLBFGSState:
+  """The same state with an empty history (the buffers' stale rows are masked, not zeroed)."""
+  return state._replace(pairs=jnp.zeros_like(state.pairs), age=jnp.full_like(state.age, -1),
+                        gamma=jnp.ones_like(state.gamma))
 
 
 def direction(state: CompactLBFGSState, g: Array, sg: Array, yg: Array,
               gamma: Array | None = None) -> Array:
   """``H g`` for the history in ``state`` (``sg = S g``, ``yg = Y g`` from :func:`record`)."""
   gamma = state.gamma if gamma is None else gamma
-  # Chronological order: empty slots first (they decouple: their rows and
-  # columns are zero and R's diagonal is set to 1 there).
+  # Empty slots decouple: their rows and columns of the small matrices and
+  # their entries of Sg, Yg are zeroed, R's diagonal is 1 there, so their
+  # coefficients come out 0 whatever stale rows the buffers hold.
+  valid = state.age >= 0
+  both = valid[:, None] & valid[None, :]
+  # Chronological order (empty slots first: age -1).
   order = jnp.argsort(state.age)
-  empty = state.age[order] < 0
-  sy = state.sy[order][:, order]
-  yy = state.yy[order][:, order]
+  sy = jnp.where(both, state.sy, 0.0)[order][:, order]
+  yy = jnp.where(both, state.yy, 0.0)[order][:, order]
+  empty = ~valid[order]
   r = jnp.triu(sy) + jnp.diag(empty.astype(sy.dtype))
-  d = jnp.diag(jnp.where(empty, 0.0, jnp.diag(sy)))
-  a, b = sg[order], yg[order]
+  d = jnp.diag(jnp.diag(sy))
+  a = jnp.where(valid, sg, 0.0)[order]
+  b = jnp.where(valid, yg, 0.0)[order]
   solve = jax.scipy.linalg.solve_triangular
   r_inv_a = solve(r, a, lower=False)
   p = solve(r, jnp.matmul(d + gamma * yy, r_inv_a, precision=_HIGHEST) - gamma * b,
@@ -135,9 +153,8 @@ def direction(state: CompactLBFGSState, g: Array, sg: Array, yg: Array,
   # Back to buffer order, then one pass over the history.
   p = jnp.zeros_like(p).at[order].set(p)
   q = jnp.zeros_like(q).at[order].set(q)
-  coeffs = jnp.stack([p, gamma * q])                                  # (2, m)
-  hist = jnp.stack([state.s, state.y])                                # (2, m, n)
-  return gamma * g + jnp.einsum("km,kmn->n", coeffs, hist, precision=_HIGHEST)
+  return (gamma * g + jnp.matmul(p, state.s, precision=_HIGHEST)
+          + gamma * jnp.matmul(q, state.y, precision=_HIGHEST))
 
 
 def scale_by_compact_lbfgs(memory_size: int = 10) -> optax.GradientTransformation:

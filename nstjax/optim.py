@@ -33,7 +33,11 @@ def line_search(config) -> str | None:
   if config.optimizer != "lbfgs":
     return None
   if config.line_search == "auto":
-    return "none" if config.lr is not None else "zoom"
+    # Backtracking: at 256 px on the shared images it reaches a lower loss than
+    # optax's zoom after the same number of evaluations (BENCHMARKS.md, "Solver"),
+    # with no data-dependent control flow in the step (zoom: 3 conditionals and
+    # 3 while loops, each a device-to-host round trip on a GPU), on every backend.
+    return "none" if config.lr is not None else "backtracking"
   return config.line_search
 
 
@@ -145,8 +149,8 @@ def _own_lbfgs_step(config, terms_fn):
       armijo = f <= st.value + ARMIJO_C1 * st.t * st.slope
       accept = finite & (first | armijo)
 
-    # Accepted: record the pair, new direction.
-    hist, sg, yg = lbfgs.record(st.lbfgs, u, g, step=st.t * st.direction)
+    # Accepted: record the pair, new direction (a rejected point records nothing).
+    hist, sg, yg = lbfgs.record(st.lbfgs, u, g, step=st.t * st.direction, take=accept)
     if mode == "none":
       gamma0 = jnp.minimum(1.0, 1.0 / jnp.sum(jnp.abs(g)))
     else:
@@ -168,11 +172,14 @@ def _own_lbfgs_step(config, terms_fn):
       dec = f - st.value - st.t * st.slope
       t_q = -st.slope * st.t * st.t / (2.0 * jnp.where(dec > 0, dec, 1.0))
       t_rej = jnp.clip(jnp.where(finite & (dec > 0), t_q, 0.1 * st.t), 0.1 * st.t, 0.5 * st.t)
-      restart = t_rej < SMALLEST_STEP
+      restart = ~accept & (t_rej < SMALLEST_STEP)
+      # restart: the history forgotten, the count reset so the next point is a first one
+      empty = lbfgs.forget(hist)
+      hist = hist._replace(**{k: jnp.where(restart, getattr(empty, k), getattr(hist, k))
+                              for k in ("pairs", "age", "gamma")},
+                           count=jnp.where(restart, 0, hist.count))
       keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(accept, x, y), a, b)
-      base_hist = jax.tree.map(lambda x, y: jnp.where(restart, x, y),
-                               lbfgs.init(u.size, hist.s.shape[0]), st.lbfgs)
-      new_st = SolverState(keep(hist, base_hist), jnp.where(accept, f, st.value),
+      new_st = SolverState(hist, jnp.where(accept, f, st.value),
                            keep(terms, st.terms), jnp.where(accept, d, st.direction),
                            jnp.where(accept, t_acc, jnp.where(restart, 1.0, t_rej)),
                            jnp.where(accept, slope, st.slope))

@@ -368,7 +368,8 @@ def choose_steps_per_call(seconds_per_step: float) -> int:
 
 def run(prepared: Prepared, *, iterations: int | None = None, start=None,
         callback: Callable[[Progress], None] | None = None, terms_every: int = 10,
-        image_every: int = 0, steps_per_call: int | None = None) -> Result:
+        image_every: int = 0, steps_per_call: int | None = None,
+        progress_offset: tuple[int, int] = (0, 0)) -> Result:
   """Optimises ``prepared``'s image.
 
   Args:
@@ -386,6 +387,9 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
     steps_per_call: steps per compiled call; ``None`` chooses from the first
       step's time so that a call lasts about a quarter of a second (1 on a
       CPU at usual sizes).
+    progress_offset: ``(steps before this run, steps in all)`` when this run
+      is one scale of several: the callback's iteration numbers, the total
+      and ``image_every`` then count over all scales.
 
   Returns:
     A :class:`Result` whose ``state`` continues the run and whose ``trace``
@@ -408,19 +412,21 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
   evaluations0 = int(state.evaluations)
 
   status, done, stopped_by, trace = "done", 0, None, []
+  offset, overall = progress_offset
+  overall = overall or iterations
   good = state.image
   t_loop = time.perf_counter()
   try:
     while done < iterations:
       left = iterations - done
       if image_every:
-        left = min(left, image_every - done % image_every)
+        left = min(left, image_every - (offset + done) % image_every)
       n = k if left >= k else 1
       if n not in programs_k:
         programs_k[n], seconds = steps_program(prepared, state, n)
         compile_seconds += seconds
       t_call = time.perf_counter()
-      new_state, metrics, good = programs_k[n](prepared.net, state.image, state.opt_state,
+      new_state, metrics, call_good = programs_k[n](prepared.net, state.image, state.opt_state,
                                                state.evaluations, prepared.targets,
                                                prepared.weights)
       metrics = jax.device_get(metrics)     # one transfer per call
@@ -428,6 +434,8 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
         k = choose_steps_per_call(time.perf_counter() - t_call)
       state = optim.State(*new_state)
       losses = np.asarray(metrics["loss"])
+      if np.isfinite(losses[0]):   # else the last finite image is from an earlier call
+        good = call_good
       for j in range(n):
         loss = float(losses[j])             # the loss of the image step j started from
         if not np.isfinite(loss):
@@ -451,7 +459,7 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
           if terms is None and terms_every and last and (done % terms_every == 0
                                                          or done == iterations):
             terms = loss_floats(terms_fn(state.image, *kw), prepared.weights)
-          callback(Progress(iteration=done, iterations=iterations,
+          callback(Progress(iteration=offset + done, iterations=overall,
                             evaluations=trace[-1]["evaluations"], loss=loss, elapsed=elapsed,
                             image=state.image if last else None, terms=terms))
   except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM/SIGHUP as nstjax.errors.Interrupted
@@ -475,6 +483,90 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
                 state=state, trace=trace)
 
 
+AUTO_SMALLEST = 128   # auto scales: halve the size down to this (crowsonkb starts at 128)
+
+
+def scale_schedule(config: StyleConfig, long_side: int | None = None) -> list[tuple[int, int]]:
+  """``[(long side, steps), ...]`` of a coarse-to-fine run (one entry without ``scales``).
+
+  ``auto``: the output size, halved while the half is at least 128 px
+  (256 -> 128, 256; 1024 -> 128, 256, 512, 1024). Steps: ``scale_iterations``,
+  or ``iterations`` at the last scale and twice the next scale's at each one
+  below (a 128 -> 256 run of 30 top steps: 60 + 30), so every scale costs
+  about half the one above it. ``long_side``: the content's, when ``size`` is
+  ``None``.
+  """
+  size = config.size if config.size is not None else long_side
+  if config.scales is None:
+    return [(size, config.iterations)]
+  if config.scales == "auto":
+    sizes = [size]
+    while sizes[0] // 2 >= AUTO_SMALLEST:
+      sizes.insert(0, sizes[0] // 2)
+  else:
+    sizes = list(config.scales)
+  if config.scale_iterations is not None:
+    steps = list(config.scale_iterations)
+    if len(steps) != len(sizes):
+      raise NSTError(f"{len(steps)} scale iterations for {len(sizes)} scales "
+                     f"({','.join(map(str, sizes))})")
+  else:
+    steps = [config.iterations * 2 ** (len(sizes) - 1 - i) for i in range(len(sizes))]
+  return list(zip(sizes, steps))
+
+
+def run_scales(net: vgg.VGGParams, content, style, config: StyleConfig, *,
+               callback: Callable[[Progress], None] | None = None, image_every: int = 0,
+               network: vgg.VGGParams | None = None) -> Result:
+  """A coarse-to-fine run (``config.scales``): each scale prepared afresh (content and
+  styles resized, style targets recomputed, a new L-BFGS history) and started from the
+  previous scale's image, upsampled (cubic). One scale: :func:`run` of :func:`prepare`.
+
+  The summary is the last scale's, with ``"scales"``: one record per scale (size,
+  steps, evaluations, seconds, losses), and totals over all scales; ``trace``
+  records carry their ``"scale"``; the callback counts steps over all scales.
+  A Ctrl-C ends the run with the current scale's image (at that scale's size).
+  """
+  content = nimage.as_rgb(content, "content")
+  plan = scale_schedule(config, max(content.shape[:2]))
+  if len(plan) == 1:
+    single = dataclasses.replace(config, scales=None, scale_iterations=None)
+    return run(prepare(net, content, style, single, network=network), callback=callback,
+               image_every=image_every)
+  overall = sum(n for _, n in plan)
+  done, image, records, trace, result = 0, None, [], [], None
+  for i, (size, steps) in enumerate(plan):
+    cfg = dataclasses.replace(config, size=size, iterations=steps, scales=None,
+                              scale_iterations=None)
+    if image is not None:   # later scales start from the last image, never from config.init
+      cfg = dataclasses.replace(cfg, init="content")
+    prepared = prepare(net, content, style, cfg, network=network)
+    if image is not None:
+      image = jax.image.resize(image, prepared.content.shape, "cubic")
+    result = run(prepared, start=image, callback=callback, image_every=image_every,
+                 progress_offset=(done, overall))
+    s = result.summary
+    records.append({"scale": i, "size": size, "width": s["width"], "height": s["height"],
+                    "iterations": s["iterations"], "evaluations": s["evaluations"],
+                    "seconds": s["seconds"], "compile_seconds": s["compile_seconds"],
+                    "initial_losses": s["initial_losses"], "losses": s["losses"]})
+    trace += [dict(r, scale=i, iteration=done + r["iteration"]) for r in result.trace]
+    done += s["iterations"]
+    # The next scale starts from this one's image as the user would see it (clipped).
+    image = jnp.clip(optim.accepted_image(cfg.static_key(), result.state), 0.0, 1.0)
+    if result.status != "done":
+      break
+  summary = dict(result.summary, scales=records, iterations=done,
+                 evaluations=sum(r["evaluations"] for r in records),
+                 seconds=round(sum(r["seconds"] for r in records), 4),
+                 compile_seconds=round(sum(r["compile_seconds"] for r in records), 4),
+                 initial_losses=records[0]["initial_losses"],
+                 config=dataclasses.asdict(config))
+  summary["seconds_per_evaluation"] = (round(summary["seconds"] / summary["evaluations"], 5)
+                                       if summary["evaluations"] else None)
+  return dataclasses.replace(result, summary=summary, trace=trace)
+
+
 def optimize(net: vgg.VGGParams, content, style, config: StyleConfig = StyleConfig(), *,
              callback: Callable[[Progress], None] | None = None, terms_every: int = 10,
              start=None) -> Result:
@@ -496,6 +588,8 @@ def stylize_result(content, style, config: StyleConfig = StyleConfig(), *,
     if isinstance(config, StyleConfig):
       config.validate()
     net = load_weights()
+  if start is None and config.scales is not None:
+    return run_scales(net, content, style, config, callback=callback)
   return run(prepare(net, content, style, config), callback=callback, start=start)
 
 

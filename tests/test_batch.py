@@ -28,10 +28,15 @@ def _jobs(n=3):
   return contents, styles, configs
 
 
-@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
-def test_batched_equals_sequential(tiny_net, optimizer):
+@pytest.mark.parametrize("optimizer,line_search,mode", [
+    ("lbfgs", "auto", "vmap"), ("lbfgs", "auto", "map"), ("lbfgs", "zoom", "auto"),
+    ("adam", "auto", "vmap")])
+def test_batched_equals_sequential(tiny_net, optimizer, line_search, mode):
+  from nstjax.batch import batch_mode
   contents, styles, configs = _jobs()
-  configs = [dataclasses.replace(c, optimizer=optimizer) for c in configs]
+  configs = [dataclasses.replace(c, optimizer=optimizer, line_search=line_search, batch_mode=mode)
+             for c in configs]
+  assert batch_mode(configs[0]) == ("map" if line_search == "zoom" else mode)
   results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
   for c, s, cfg, r in zip(contents, styles, configs, results):
     alone = nstjax.stylize_result(c, s, cfg, net=tiny_net)

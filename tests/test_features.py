@@ -329,3 +329,60 @@ def test_plot_draws_every_weighted_term(tiny_net):
   assert s["content"][0] == 2.0 and s["style"][0] == 5.0 and s["total"][0] == 11.0
   image = plot_trace(trace, {"content": 2.0, "style": 0.5})
   assert image.shape == (520, 900, 3) and image.min() < 0.5
+
+
+# --- coarse-to-fine ---------------------------------------------------------------------------
+
+def test_scale_schedule():
+  from nstjax.pipeline import scale_schedule
+  cfg = nstjax.StyleConfig(size=256, iterations=30, scales="auto")
+  assert scale_schedule(cfg) == [(128, 60), (256, 30)]
+  assert scale_schedule(dataclasses.replace(cfg, size=1024)) == [(128, 240), (256, 120), (512, 60),
+                                                                  (1024, 30)]
+  assert scale_schedule(dataclasses.replace(cfg, size=200)) == [(200, 30)]
+  cfg = nstjax.StyleConfig(scales="64,96", scale_iterations="5,3")
+  assert scale_schedule(cfg) == [(64, 5), (96, 3)]
+  for bad, match in [(dict(scales="96,64"), "increasing"), (dict(scale_iterations="3"), "need --scales"),
+                     (dict(scales="64,96", scale_iterations="1,2,3"), "3 scale iterations for 2")]:
+    with pytest.raises(NSTError, match=match):
+      nstjax.StyleConfig(**bad).validate()
+
+
+def test_coarse_to_fine_starts_each_scale_from_the_last(tiny_net):
+  content, style = (smooth_image(48, 64, 1), smooth_image(48, 48, 2))
+  cfg = dataclasses.replace(BASE, size=None, scales="32,64", scale_iterations="6,3",
+                            line_search="backtracking")
+  seen = []
+  r = pipeline.run_scales(tiny_net, content, style, cfg, callback=lambda p: seen.append(
+      (p.iteration, p.iterations)))
+  s = r.summary
+  assert [(x["width"], x["height"], x["iterations"]) for x in s["scales"]] == [(32, 24, 6), (64, 48, 3)]
+  assert s["iterations"] == 9 and s["evaluations"] == 9 and r.image.shape == (48, 64, 3)
+  assert seen == [(i, 9) for i in range(1, 10)]
+  assert [t["scale"] for t in r.trace] == [0] * 6 + [1] * 3
+  # The second scale starts from the first's result, upsampled: its initial loss is far
+  # below the content start's.
+  fresh = pipeline.run(pipeline.prepare(tiny_net, content, style, dataclasses.replace(
+      cfg, scales=None, scale_iterations=None, size=64, iterations=0)))
+  assert s["scales"][1]["initial_losses"]["total"] < 0.7 * fresh.summary["initial_losses"]["total"]
+
+
+def test_scales_from_the_cli_and_batch(tmp_path, image_files, tiny_weights_file, capsys):
+  content, style = image_files
+  out, summary = tmp_path / "o.png", tmp_path / "s.json"
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", out, "--scales", "24,32",
+                             "--scale-iterations", "3,2", "--summary", summary, "--weights",
+                             tiny_weights_file, "-q"], capsys)
+  assert code == 0, err
+  s = json.loads(summary.read_text())
+  assert [x["size"] for x in s["scales"]] == [24, 32] and s["iterations"] == 5
+  assert max(Image.open(out).size) == 32
+  manifest = tmp_path / "jobs.csv"
+  manifest.write_text(f"content,style,name,scales,scale_iterations\n{content},{style},m,\"24,32\",\"2,1\"\n"
+                      f"{content},{style},plain,,\n")
+  code, _, err = nstjax_cli(["batch", manifest, "-o", tmp_path / "out", "--size", "32", "--iterations",
+                             "2", "--weights", tiny_weights_file, "-q"], capsys)
+  assert code == 0, err
+  m = json.loads((tmp_path / "out" / "m.json").read_text())
+  assert [x["iterations"] for x in m["scales"]] == [2, 1]
+  assert (tmp_path / "out" / "plain.png").exists()

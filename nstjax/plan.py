@@ -1,0 +1,148 @@
+"""A memory plan before running: what each scale's compiled step will hold at its peak.
+
+:func:`make_plan` compiles the step the run would compile, at each scale's
+shapes, without computing anything at those sizes (the targets' shapes come
+from :func:`jax.eval_shape`), and reads XLA's own memory analysis of the
+compiled program. The estimate of the peak is
+
+    arguments + outputs - aliased (the donated optimiser state) + temporaries
+
+where the arguments are the network's weights, the targets, the image and the
+optimiser state (the L-BFGS history), and the temporaries are XLA's working
+set (the activations kept for the backward pass, the attention term's blocks).
+``nstjax stylize --dry-run`` prints it and compares it with the device's
+capacity; ``--max-memory`` acts on it (:func:`fit`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nstjax import memory, objective, optim, pipeline, vgg
+from nstjax import image as nimage
+from nstjax.config import StyleConfig
+from nstjax.errors import NSTError
+
+
+def tree_bytes(tree) -> int:
+  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _shape_of(image, size):
+  h, w = image.shape[:2]
+  if size is None:
+    return h, w
+  scale = size / max(h, w)
+  return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def scale_plan(net: vgg.VGGParams, content_hw: tuple[int, int], style_hws, config: StyleConfig,
+               network: vgg.VGGParams | None = None) -> dict:
+  """One scale's plan at these image shapes (no image of that size is ever computed)."""
+  static = config.static_key()
+  network = network or vgg.prepare(net, objective.network_layers(config))
+  h, w = content_hw
+  sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+  content = sds((h, w, 3))
+  styles = [sds((sh, sw, 3)) for sh, sw in style_hws]
+  weights = len(styles) and tuple(1.0 / len(styles) for _ in styles)
+  objective.check_image_sizes(config, content, styles)
+  targets = jax.eval_shape(
+      lambda c, s: objective.make_targets(network, c, s, config, weights), content, styles)
+  loss_weights = objective.make_weights(config, net.preprocessing, net.normalized)
+  state = jax.eval_shape(lambda x: optim.init_state(static, x, terms=loss_weights), content)
+  step = jax.jit(pipeline.make_steps(static, 1), donate_argnums=(2,))
+  compiled = step.lower(network, state.image, state.opt_state, state.evaluations, targets,
+                        loss_weights).compile()
+  analysis = compiled.memory_analysis()
+  parts = {
+      "weights_bytes": tree_bytes(network),
+      "targets_bytes": tree_bytes(targets),
+      "image_bytes": tree_bytes(state.image),
+      "optimizer_state_bytes": tree_bytes(state.opt_state),
+  }
+  if analysis is None:   # a backend without memory analysis: the arguments only
+    xla = {"temp_bytes": None, "argument_bytes": None, "output_bytes": None, "alias_bytes": None}
+    peak = sum(parts.values())
+  else:
+    xla = {"temp_bytes": int(analysis.temp_size_in_bytes),
+           "argument_bytes": int(analysis.argument_size_in_bytes),
+           "output_bytes": int(analysis.output_size_in_bytes),
+           "alias_bytes": int(analysis.alias_size_in_bytes)}
+    peak = (xla["argument_bytes"] + xla["output_bytes"] - xla["alias_bytes"] + xla["temp_bytes"])
+  return {"width": w, "height": h, "estimated_peak_bytes": int(peak), **parts,
+          "lbfgs_history_bytes": (memory.lbfgs_history_bytes(h, w, config.lbfgs_memory)
+                                  if config.optimizer == "lbfgs" else 0),
+          **xla}
+
+
+def make_plan(net: vgg.VGGParams, content, style, config: StyleConfig, device=None) -> dict:
+  """The plan of a whole run: one entry per scale, and the device's capacity."""
+  content = nimage.as_rgb(content, "content")
+  styles = [nimage.as_rgb(s, "style") for s in pipeline.style_list(style)]
+  schedule = pipeline.scale_schedule(config, max(content.shape[:2]))
+  network = vgg.prepare(net, objective.network_layers(config))
+  scales = config.style_scale
+  entries = []
+  for size, steps in schedule:
+    cfg = dataclasses.replace(config, size=size, iterations=steps, scales=None,
+                              scale_iterations=None)
+    h, w = _shape_of(content, size)
+    style_hws = []
+    for i, s in enumerate(styles):
+      scale = scales[i] if len(scales) > 1 else scales[0]
+      style_hws.append(_shape_of(s, max(1, round(max(h, w) * scale))))
+    entries.append({"size": size, "iterations": steps,
+                    **scale_plan(net, (h, w), style_hws, cfg, network)})
+  capacity = memory.device_capacity(device)
+  peak = max(e["estimated_peak_bytes"] for e in entries)
+  return {"plan": entries, "estimated_peak_bytes": peak, "device_capacity_bytes": capacity,
+          "fits": None if capacity is None else peak <= capacity}
+
+
+def parse_max_memory(value: str | None, device=None) -> int | None:
+  """``--max-memory``: ``"auto"`` (the device's capacity), ``"12GB"``, ``"800MB"`` -> bytes."""
+  if value is None:
+    return None
+  if value.strip().lower() == "auto":
+    capacity = memory.device_capacity(device)
+    if capacity is None:
+      raise NSTError("--max-memory auto: this device does not report its memory; give a size")
+    return capacity
+  from nstjax.attention import parse_bytes
+  return parse_bytes(value)
+
+
+def fit(net: vgg.VGGParams, content, style, config: StyleConfig, budget: int,
+        device=None) -> tuple[StyleConfig, dict, list[str]]:
+  """The config whose plan fits ``budget`` bytes, the plan, and the measures taken.
+
+  The one measure applied today is a smaller L-BFGS history: the largest (at
+  least 5 pairs) whose plan fits, computed from the plan (the history is
+  2·m image-sized vectors, in both the arguments and the outputs) and checked
+  by planning again. When nothing fits, NSTError names the figures.
+  """
+  plan = make_plan(net, content, style, config, device)
+  measures = []
+  if plan["estimated_peak_bytes"] > budget and config.optimizer == "lbfgs":
+    worst = max(plan["plan"], key=lambda e: e["estimated_peak_bytes"])
+    per_pair = memory.lbfgs_history_bytes(worst["height"], worst["width"], 1)
+    rest = worst["estimated_peak_bytes"] - worst["lbfgs_history_bytes"]
+    pairs = min(config.lbfgs_memory - 1, int((budget - rest) // max(per_pair, 1)))
+    if pairs >= 5:
+      measures.append(f"L-BFGS history {config.lbfgs_memory} -> {pairs} pairs")
+      config = dataclasses.replace(config, lbfgs_memory=pairs)
+      plan = make_plan(net, content, style, config, device)
+  if plan["estimated_peak_bytes"] > budget:
+    worst = max(plan["plan"], key=lambda e: e["estimated_peak_bytes"])
+    raise NSTError(
+        f"the run needs about {memory.human(plan['estimated_peak_bytes'])} at "
+        f"{worst['width']}x{worst['height']} (XLA working set "
+        f"{memory.human(worst['temp_bytes'] or 0)}, L-BFGS history "
+        f"{memory.human(worst['lbfgs_history_bytes'])}), more than the budget of "
+        f"{memory.human(budget)} even with a history of 5 pairs: use a smaller --size")
+  return config, plan, measures
