@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nstjax import objective, optim, programs, vgg
+from nstjax import files, objective, optim, programs, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
 from nstjax.pipeline import (Prepared, Result, finish_image, loss_floats, prepare, run_scales,
@@ -147,8 +147,10 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   t_loop = time.perf_counter()
   try:
     for it in range(1, iterations + 1):
-      new_state, metrics = step(net, state.image, state.opt_state, state.evaluations,
-                                targets, weights)
+      with files.deferred_stop_signals():   # the old state's buffers are donated
+        new_state, metrics = step(net, state.image, state.opt_state, state.evaluations,
+                                  targets, weights)
+        checked, previous, state, done = previous, state.image, optim.State(*new_state), it
       metrics = jax.device_get(metrics)
       losses = np.asarray(metrics["loss"])
       elapsed = time.perf_counter() - t_loop
@@ -160,10 +162,9 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
                             "losses": {**rec, "total": float(losses[i])}})
       newly = ~np.isfinite(losses) & (failed_at < 0)
       if newly.any():
-        host = np.asarray(previous)
+        host = np.asarray(checked)
         good.update({int(i): host[i] for i in np.flatnonzero(newly)})
         failed_at[newly] = it - 1
-      previous, state, done = state.image, optim.State(*new_state), it
       if callback is not None:
         callback(it, losses[:n], time.perf_counter() - t_loop)
       if not np.any(failed_at[:n] < 0):

@@ -36,6 +36,36 @@ def _release(held):
 
 
 @contextlib.contextmanager
+def deferred_stop_signals():
+  """Stop signals (SIGINT, SIGTERM, SIGHUP) with Python handlers wait until the block ends.
+
+  A compiled call that donates its inputs must hand its outputs back before a
+  stop request is raised: one raised inside JAX's Python code after the call
+  would lose both the donated state and the new one. Handlers are swapped for
+  a recorder (main thread only) and the first recorded signal is delivered to
+  its own handler when the block ends.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  swapped = {}
+  for sig in _STOP_SIGNALS:
+    handler = signal.getsignal(sig)
+    if callable(handler):
+      swapped[sig] = handler
+      signal.signal(sig, lambda signum, frame: received.append((signum, frame)))
+  try:
+    yield
+  finally:
+    for sig, handler in swapped.items():
+      signal.signal(sig, handler)
+    if received:
+      signum, frame = received[0]
+      swapped[signum](signum, frame)
+
+
+@contextlib.contextmanager
 def atomic_path(path, suffix=""):
   """Yields a temporary path beside ``path``; renames it onto ``path`` on success.
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from nstjax import colour as ncolour
 from nstjax import image as nimage
-from nstjax import memory, objective, optim, programs, vgg
+from nstjax import files, memory, objective, optim, programs, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
 
@@ -411,7 +411,7 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
   k = 1 if k_auto else max(1, int(steps_per_call))
   evaluations0 = int(state.evaluations)
 
-  status, done, stopped_by, trace = "done", 0, None, []
+  status, done, stopped_by, trace, pending = "done", 0, None, [], None
   offset, overall = progress_offset
   overall = overall or iterations
   good = state.image
@@ -426,13 +426,17 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
         programs_k[n], seconds = steps_program(prepared, state, n)
         compile_seconds += seconds
       t_call = time.perf_counter()
-      new_state, metrics, call_good = programs_k[n](prepared.net, state.image, state.opt_state,
-                                               state.evaluations, prepared.targets,
-                                               prepared.weights)
+      # The call donates the optimiser state: the new state is kept at once (an
+      # interrupt while waiting for the results below must not leave `state`
+      # pointing at donated buffers); `pending` counts its steps until replayed.
+      with files.deferred_stop_signals():
+        new_state, metrics, call_good = programs_k[n](prepared.net, state.image,
+                                                      state.opt_state, state.evaluations,
+                                                      prepared.targets, prepared.weights)
+        state, pending = optim.State(*new_state), (done, n)
       metrics = jax.device_get(metrics)     # one transfer per call
       if k_auto and done == 1:   # the first call includes warm-up; time the second
         k = choose_steps_per_call(time.perf_counter() - t_call)
-      state = optim.State(*new_state)
       losses = np.asarray(metrics["loss"])
       if np.isfinite(losses[0]):   # else the last finite image is from an earlier call
         good = call_good
@@ -462,8 +466,11 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
           callback(Progress(iteration=offset + done, iterations=overall,
                             evaluations=trace[-1]["evaluations"], loss=loss, elapsed=elapsed,
                             image=state.image if last else None, terms=terms))
+      pending = None
   except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM/SIGHUP as nstjax.errors.Interrupted
     status, stopped_by = "interrupted", getattr(e, "name", "SIGINT")
+    if pending is not None:   # the state is past this call's steps, whatever was replayed
+      done = pending[0] + pending[1]
   seconds = time.perf_counter() - t_loop
 
   image = optim.accepted_image(config.static_key(), state)
@@ -541,8 +548,8 @@ def run_scales(net: vgg.VGGParams, content, style, config: StyleConfig, *,
     if image is not None:   # later scales start from the last image, never from config.init
       cfg = dataclasses.replace(cfg, init="content")
     prepared = prepare(net, content, style, cfg, network=network)
-    if image is not None:
-      image = jax.image.resize(image, prepared.content.shape, "cubic")
+    if image is not None:   # cubic overshoots at edges: clipped again
+      image = jnp.clip(jax.image.resize(image, prepared.content.shape, "cubic"), 0.0, 1.0)
     result = run(prepared, start=image, callback=callback, image_every=image_every,
                  progress_offset=(done, overall))
     s = result.summary
@@ -588,7 +595,7 @@ def stylize_result(content, style, config: StyleConfig = StyleConfig(), *,
     if isinstance(config, StyleConfig):
       config.validate()
     net = load_weights()
-  if start is None and config.scales is not None:
+  if start is None and isinstance(config, StyleConfig) and config.scales is not None:
     return run_scales(net, content, style, config, callback=callback)
   return run(prepare(net, content, style, config), callback=callback, start=start)
 

