@@ -39,6 +39,7 @@ OPTIMIZERS = ("lbfgs", "adam")
 LINE_SEARCHES = ("auto", "zoom", "backtracking", "none")
 LOSS_FORMS = ("gatys", "jcjohnson")
 BATCH_MODES = ("auto", "vmap", "map")
+PRECISION_CHOICES = ("auto",) + vgg.PRECISIONS
 INITS = ("content", "noise", "style", "mean")   # or an image file's path
 COLOUR_MODES = ("none", "post", "match", "luminance")
 STYLE_LOSSES = ("gram", "pca", "pca-paper", "svd", "weighted")
@@ -250,6 +251,11 @@ class StyleConfig:
   batch_mode: str = option("auto", kind=STATIC, read=_text, group=G_OPT, choices=BATCH_MODES,
                            help="Batches: step a device's jobs together (vmap) or one after "
                                 "another (map); auto: vmap unless the line search is zoom.")
+  precision: str = option("auto", kind=STATIC, read=_text, group=G_OPT, choices=PRECISION_CHOICES,
+                          help="Convolutions: fp32 (exact), tf32 (JAX's default: fp32 on a CPU, "
+                               "TF32 on Ampere+ GPUs), bf16 (bf16 operands and activations, fp32 "
+                               "accumulation). Grams, losses, image and optimiser state stay fp32. "
+                               "auto: tf32.")
   pixel_scale: float = option(1.0, kind=STATIC, read=_number(float), group=G_OPT,
                               help="L-BFGS works on the image times this (256: jcjohnson's 0..256 "
                                    "pixel values); matters for the first step and fixed steps.")

@@ -65,8 +65,9 @@ class TargetInputs:
 
   def __init__(self, net: vgg.VGGParams, content: Array, styles, pooling: str,
                layers: Mapping[str, tuple[str, ...]], style_weights=None,
-               input_scale: float | None = None):
+               input_scale: float | None = None, precision: str = "tf32"):
     self.net, self.content, self.pooling, self.input_scale = net, content, pooling, input_scale
+    self.precision = precision
     self.styles = tuple(styles)
     self.style = self.styles[0]
     self.style_weights = tuple(style_weights or (1.0 / len(self.styles),) * len(self.styles))
@@ -79,7 +80,8 @@ class TargetInputs:
     if key not in self._features:
       image = self.content if which == "content" else self.styles[index]
       self._features[key] = _features(self.net, image, layers=self._layers[which],
-                                       pooling=self.pooling, input_scale=self.input_scale)
+                                       pooling=self.pooling, input_scale=self.input_scale,
+                                       precision=self.precision)
     return self._features[key]
 
   def style_features(self) -> list[dict[str, Array]]:
@@ -87,7 +89,7 @@ class TargetInputs:
     return [self.features("style", i) for i in range(len(self.styles))]
 
 
-_features = jax.jit(vgg.features, static_argnames=("layers", "pooling", "input_scale"))
+_features = jax.jit(vgg.features, static_argnames=("layers", "pooling", "input_scale", "precision"))
 
 LossFn = Callable[[Mapping[str, Array], Array, Any, Mapping[str, Array]], Array]
 
@@ -255,6 +257,11 @@ register(Term(
 
 # --- the objective --------------------------------------------------------------
 
+def precision(config) -> str:
+  """The convolutions' precision policy ``config`` asks for (``auto``: ``tf32``, JAX's default)."""
+  return "tf32" if config.precision == "auto" else config.precision
+
+
 def program_key(config) -> tuple:
   """What selects a compiled program: the config's static key and the registered terms."""
   return config.static_key(), tuple((name, id(t)) for name, t in TERMS.items())
@@ -345,7 +352,8 @@ def make_targets(net: vgg.VGGParams, content: Array, style, config,
   styles = style if isinstance(style, (list, tuple)) else [style]
   inputs = TargetInputs(net, jnp.asarray(content, jnp.float32),
                         [jnp.asarray(s, jnp.float32) for s in styles], config.pooling,
-                        target_layers(config), style_weights, config.input_scale)
+                        target_layers(config), style_weights, config.input_scale,
+                        precision(config))
   return {t.name: t.target(inputs, config) for t in active_terms(config)}
 
 
@@ -357,11 +365,13 @@ def make_terms_fn(config):
   """
   layers = feature_layers(config)
   pooling = config.pooling
+  conv_precision = precision(config)
   fns = {t.name: t.loss(config) for t in active_terms(config)}
 
   def terms(image, *, net, targets, weights):
     feats = (vgg.features(net, image, layers=layers, pooling=pooling,
-                          input_scale=config.input_scale) if layers else {})
+                          input_scale=config.input_scale, precision=conv_precision)
+             if layers else {})
     return {name: jnp.asarray(fn(feats, image, targets[name], weights[name]["layers"]), jnp.float32)
             for name, fn in fns.items()}
 

@@ -344,6 +344,8 @@ def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: 
       "losses": final,
       "loss_weights": prepared.loss_weights,
       "style_representation": config.style_spec().describe(),
+      "precision": objective.precision(config),
+      "line_search": optim.line_search(config),
       "style_weights": list(prepared.style_weights),
       "height": int(prepared.content.shape[0]), "width": int(prepared.content.shape[1]),
       **devices_record(devices if devices is not None else jax.devices()[:1]),

@@ -39,6 +39,8 @@ def plot_trace(trace: list[dict], loss_weights: dict[str, float], width: int = 9
   lo = math.floor(math.log10(positive.min())) if positive.size else 0
   hi = math.ceil(math.log10(positive.max())) if positive.size else 1
   hi = max(hi, lo + 1)
+  lo = max(lo, hi - 7)   # a term that starts at ~0 (content, from the content image) would
+                         # squash the rest: seven decades are shown, lower values at the floor
   x_max = max(steps.max() if steps.size else 1.0, 1.0)
   sx = lambda s: left + (right - left) * (s - 1) / max(x_max - 1, 1)
   sy = lambda v: bottom - (bottom - top) * (math.log10(v) - lo) / (hi - lo)
@@ -54,7 +56,8 @@ def plot_trace(trace: list[dict], loss_weights: dict[str, float], width: int = 9
   others = iter(OTHER)
   for row, (name, values) in enumerate(data.items()):
     colour = COLOURS.get(name) or next(others, (0, 0, 0))
-    points = [(sx(s), sy(v)) for s, v in zip(steps, values) if np.isfinite(v) and v > 0]
+    points = [(sx(s), sy(max(v, 10.0 ** lo))) for s, v in zip(steps, values)
+              if np.isfinite(v) and v > 0]
     if len(points) > 1:
       draw.line(points, fill=colour, width=2)
     elif points:

@@ -177,9 +177,24 @@ def deprocess(x: Array, preprocessing: str, input_scale: float | None = None) ->
   raise NSTError(f"unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSINGS}")
 
 
-def _conv(x, kernel):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                      dimension_numbers=_DIMENSION_NUMBERS)
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def _conv(x, kernel, precision: str = "tf32"):
+  """3x3 SAME convolution under a precision policy.
+
+  ``tf32``: JAX's default precision (fp32 on a CPU, TF32 on Ampere+ GPUs, one
+  bf16 pass on a TPU). ``fp32``: ``Precision.HIGHEST`` (true fp32 everywhere).
+  ``bf16``: operands in bf16, products accumulated in fp32
+  (``preferred_element_type``); the result is fp32.
+  """
+  if precision == "bf16":
+    return jax.lax.conv_general_dilated(
+        x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME",
+        dimension_numbers=_DIMENSION_NUMBERS, preferred_element_type=jnp.float32)
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), "SAME", dimension_numbers=_DIMENSION_NUMBERS,
+      precision=jax.lax.Precision.HIGHEST if precision == "fp32" else None)
 
 
 def flip_kernel(kernel: Array) -> Array:
@@ -187,8 +202,8 @@ def flip_kernel(kernel: Array) -> Array:
   return jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
 
 
-@jax.custom_vjp
-def frozen_conv(x: Array, kernel: Array, kernel_flipped: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def frozen_conv(x: Array, kernel: Array, kernel_flipped: Array, precision: str = "tf32") -> Array:
   """3x3 stride-1 SAME convolution whose gradient flows to ``x`` only.
 
   Equal to ``lax.conv_general_dilated`` and its autodiff input gradient, but
@@ -197,16 +212,18 @@ def frozen_conv(x: Array, kernel: Array, kernel_flipped: Array) -> Array:
   4-6x slower inside ``while_loop`` bodies (jax-ml/jax#12868; optax's line
   search evaluates the loss inside one); a precomputed flipped kernel keeps it
   on the fast path. No weight gradient is computed: the network is frozen.
+  ``precision``: see :func:`_conv` (the backward convolution uses it too).
   """
-  return _conv(x, kernel)
+  return _conv(x, kernel, precision)
 
 
-def _frozen_conv_fwd(x, kernel, kernel_flipped):
-  return _conv(x, kernel), kernel_flipped
+def _frozen_conv_fwd(x, kernel, kernel_flipped, precision):
+  return _conv(x, kernel, precision), (kernel_flipped, jnp.zeros((0,), x.dtype))
 
 
-def _frozen_conv_bwd(kernel_flipped, g):
-  return _conv(g, kernel_flipped), None, None
+def _frozen_conv_bwd(precision, res, g):
+  kernel_flipped, like = res
+  return _conv(g, kernel_flipped, precision).astype(like.dtype), None, None
 
 
 frozen_conv.defvjp(_frozen_conv_fwd, _frozen_conv_bwd)
@@ -254,7 +271,8 @@ def pool2x2(x: Array, pooling: str) -> Array:
 
 
 def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
-             pooling: str = "max", input_scale: float | None = None) -> dict[str, Array]:
+             pooling: str = "max", input_scale: float | None = None,
+             precision: str = "tf32") -> dict[str, Array]:
   """Named VGG activations of one image.
 
   Args:
@@ -265,6 +283,9 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
       jit. The network runs only up to the deepest of them.
     pooling: ``"max"`` or ``"avg"`` (Gatys et al. use average pooling).
     input_scale: Caffe weights: the pixel scale (:func:`preprocess`).
+    precision: ``tf32`` (JAX's default), ``fp32`` or ``bf16`` (convolutions
+      and stored activations in bf16, accumulation in fp32); see
+      :func:`_conv`. The returned features are always float32.
 
   Returns:
     ``{name: (h, w, C)}`` for every name in ``layers``.
@@ -282,9 +303,13 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
   x = preprocess(image, params.preprocessing, input_scale)[None]
   out = {}
 
+  if precision not in PRECISIONS:
+    raise NSTError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+  store = jnp.bfloat16 if precision == "bf16" else jnp.float32
+
   def tap(name, value):
     if name in wanted:
-      out[name] = value[0]
+      out[name] = value[0].astype(jnp.float32)
       wanted.discard(name)
 
   for block, n, _ in BLOCKS[params.arch]:
@@ -294,12 +319,12 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
       name = f"conv{block}_{i}"
       p = params.convs[name]
       if "kernel_flipped" in p:
-        x = frozen_conv(x, p["kernel"], p["kernel_flipped"])
+        x = frozen_conv(x, p["kernel"], p["kernel_flipped"], precision)
       else:
-        x = _conv(x, p["kernel"])
+        x = _conv(x, p["kernel"], precision)
       x = x + p["bias"].reshape(1, 1, 1, -1)
       tap(name, x)
-      x = jax.nn.relu(x)
+      x = jax.nn.relu(x).astype(store)
       tap(f"relu{block}_{i}", x)
     if not wanted:
       return out
