@@ -547,8 +547,6 @@ def run_scales(net: vgg.VGGParams, content, style, config: StyleConfig, *,
   for i, (size, steps) in enumerate(plan):
     cfg = dataclasses.replace(config, size=size, iterations=steps, scales=None,
                               scale_iterations=None)
-    if image is not None:   # later scales start from the last image, never from config.init
-      cfg = dataclasses.replace(cfg, init="content")
     prepared = prepare(net, content, style, cfg, network=network)
     if image is not None:   # cubic overshoots at edges: clipped again
       image = jnp.clip(jax.image.resize(image, prepared.content.shape, "cubic"), 0.0, 1.0)

@@ -49,7 +49,7 @@ def scale_plan(net: vgg.VGGParams, content_hw: tuple[int, int], style_hws, confi
   sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   content = sds((h, w, 3))
   styles = [sds((sh, sw, 3)) for sh, sw in style_hws]
-  weights = len(styles) and tuple(1.0 / len(styles) for _ in styles)
+  weights = tuple(1.0 / len(styles) for _ in styles)   # blend weights change no shape
   objective.check_image_sizes(config, content, styles)
   targets = jax.eval_shape(
       lambda c, s: objective.make_targets(network, c, s, config, weights), content, styles)
