@@ -132,11 +132,15 @@ def resize_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.clip(np.stack([np.asarray(c) for c in channels], -1), 0.0, 1.0).astype(np.float32)
 
 
+def long_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+  """``(h, w)`` with the longer side ``size`` pixels, the aspect ratio kept."""
+  scale = size / max(height, width)
+  return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
   """Resizes so the longer side is ``size`` pixels, keeping the aspect ratio (Lanczos)."""
-  h, w = image.shape[:2]
-  scale = size / max(h, w)
-  return resize_to(image, max(1, round(h * scale)), max(1, round(w * scale)))
+  return resize_to(image, *long_side_shape(*image.shape[:2], size))
 
 
 def to_uint8(image) -> np.ndarray:

@@ -115,8 +115,10 @@ def accepted_image(config, state: State) -> Array:
   return jnp.where(started, flat, state.image)
 
 
-def _own_lbfgs_step(config, terms_fn):
+def _own_lbfgs_step(config, value):
   """The step of nstjax's L-BFGS: one evaluation, no data-dependent control flow.
+
+  ``value(x, net, targets, weights) -> (total, terms)``.
 
   ``none``: every point is accepted (a non-finite loss stops the run on the
   host) and the next is ``x + lr·d``; the first direction is the gradient
@@ -133,11 +135,7 @@ def _own_lbfgs_step(config, terms_fn):
   lr = 1.0 if config.lr is None else float(config.lr)
 
   def step(net, image, opt_state, evaluations, targets, weights):
-    def value(x):
-      terms = terms_fn(x, net=net, targets=targets, weights=weights)
-      return objective.total(terms, weights), terms
-
-    (f, terms), g_img = jax.value_and_grad(value, has_aux=True)(image)
+    (f, terms), g_img = jax.value_and_grad(value, has_aux=True)(image, net, targets, weights)
     u = image.reshape(-1) * scale
     g = g_img.reshape(-1) / scale
     st = opt_state
@@ -210,7 +208,7 @@ def make_step(config):
     return objective.total(terms, weights), terms
 
   if optimizer is None:
-    return _own_lbfgs_step(config, terms_fn)
+    return _own_lbfgs_step(config, value)
 
   if uses_line_search(config):
     loss_fn = objective.make_objective(config)

@@ -32,14 +32,6 @@ def tree_bytes(tree) -> int:
   return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def _shape_of(image, size):
-  h, w = image.shape[:2]
-  if size is None:
-    return h, w
-  scale = size / max(h, w)
-  return max(1, round(h * scale)), max(1, round(w * scale))
-
-
 def scale_plan(net: vgg.VGGParams, content_hw: tuple[int, int], style_hws, config: StyleConfig,
                network: vgg.VGGParams | None = None) -> dict:
   """One scale's plan at these image shapes (no image of that size is ever computed)."""
@@ -91,11 +83,12 @@ def make_plan(net: vgg.VGGParams, content, style, config: StyleConfig, device=No
   for size, steps in schedule:
     cfg = dataclasses.replace(config, size=size, iterations=steps, scales=None,
                               scale_iterations=None)
-    h, w = _shape_of(content, size)
+    # The shapes pipeline.prepare_images resizes to (nimage.long_side_shape).
+    h, w = content.shape[:2] if size is None else nimage.long_side_shape(*content.shape[:2], size)
     style_hws = []
     for i, s in enumerate(styles):
       scale = scales[i] if len(scales) > 1 else scales[0]
-      style_hws.append(_shape_of(s, max(1, round(max(h, w) * scale))))
+      style_hws.append(nimage.long_side_shape(*s.shape[:2], max(1, round(max(h, w) * scale))))
     entries.append({"size": size, "iterations": steps,
                     **scale_plan(net, (h, w), style_hws, cfg, network)})
   capacity = memory.device_capacity(device)
