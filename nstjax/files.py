@@ -1,7 +1,7 @@
 """Writing files so that a failure never leaves a partial or damaged one.
 
 Every file nstjax writes (images, summaries, converted weights) goes through
-:func:`atomic_path`: the data is written to a temporary name beside the target
+:func:`atomic_write`: the data is written to a temporary name beside the target
 and renamed onto it only once complete.
 """
 
@@ -65,15 +65,18 @@ def deferred_stop_signals():
       swapped[signum](signum, frame)
 
 
-@contextlib.contextmanager
-def atomic_path(path, suffix=""):
-  """Yields a temporary path beside ``path``; renames it onto ``path`` on success.
+def atomic_write(path, write, suffix: str = "") -> Path:
+  """Calls ``write(tmp)`` on a temporary path beside ``path``, then renames it onto ``path``.
 
-  A failure or interruption leaves ``path`` as it was and no partial file.
+  A failure or a stop request at any moment leaves ``path`` as it was (or
+  complete) and no partial file. A function, not a context manager, on
+  purpose: a signal handler raising at the entry of a ``with`` statement's
+  ``__exit__`` would skip the clean-up (one did, in a save-every snapshot).
+  Here the stop signals are held from the creation of the temporary file
+  until the ``try`` that removes it has begun, and every later moment is
+  inside that ``try``.
   """
   path = Path(path)
-  # Stop signals wait while the temporary file is created, so that one arriving
-  # then is raised inside the try below, which removes the file.
   held = _hold_stop_signals()
   try:
     # A short prefix keeps the temporary name within the file system's name limit
@@ -86,7 +89,7 @@ def atomic_path(path, suffix=""):
     raise
   try:
     _release(held)
-    yield Path(tmp)
+    write(Path(tmp))
     # mkstemp creates 0600 files; give the result the mode a plain open() would.
     umask = os.umask(0)
     os.umask(umask)
@@ -96,14 +99,15 @@ def atomic_path(path, suffix=""):
     with contextlib.suppress(FileNotFoundError):
       os.unlink(tmp)
     raise
+  return path
 
 
 def write_json(path, data: dict) -> Path:
   """Writes ``data`` as indented JSON, atomically; NSTError (one line) if that fails."""
   path = Path(path)
   try:
-    with atomic_path(path) as tmp:
-      tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
   except OSError as e:
     raise NSTError(f"cannot write {path}: {e.strerror or e}") from None
   return path

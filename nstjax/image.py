@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from nstjax.errors import NSTError
-from nstjax.files import atomic_path, check_writable_file
+from nstjax.files import atomic_write, check_writable_file
 
 # The largest image decoded: 8192 x 8192 (67 MP; a 64 MP phone photo fits). Decoding
 # costs about 4 bytes a pixel and the float copy 12 more, so this bounds reading at
@@ -214,7 +214,7 @@ def save_image(image, path, *, metadata: dict | None = None, bit_depth: int = 8)
   text = json.dumps(metadata, sort_keys=True, default=str) if metadata else None
   icc = srgb_profile()
   try:
-    with atomic_path(path, suffix=path.suffix) as tmp:
+    def write(tmp):
       if bit_depth == 16 and fmt == "PNG":
         _png16(to_uint16(image), tmp, text)
       elif bit_depth == 16:
@@ -237,6 +237,8 @@ def save_image(image, path, *, metadata: dict | None = None, bit_depth: int = 8)
         elif fmt == "TIFF" and text:
           kwargs["tiffinfo"] = {270: text, 305: "nstjax"}   # ImageDescription, Software
         pil.save(tmp, format=fmt, **kwargs)
+
+    atomic_write(path, write, suffix=path.suffix)
   except OSError as e:
     raise NSTError(f"cannot write {path}: {e}") from None
   return path

@@ -20,6 +20,7 @@ from conftest import smooth_image
 from nstjax import NSTError, files
 from nstjax.cli.signals import StopSignals
 from nstjax.errors import Interrupted
+from nstjax.image import save_image
 from test_cli import nstjax_cli
 
 FAST = ["--size", "32", "--iterations", "3", "-q"]
@@ -97,12 +98,66 @@ def test_stop_before_the_loop_is_one_line(tmp_path, image_files, tiny_weights_fi
   assert not out.exists()
 
 
+def _stop_signals_held():
+  return hasattr(signal, "pthread_sigmask") and signal.SIGTERM in signal.pthread_sigmask(
+      signal.SIG_BLOCK, [])
+
+
+def _interrupt_everywhere(write, folder, events=("call", "line")):
+  """Runs ``write()`` once per moment a stop signal could be raised in it.
+
+  Run n raises Interrupted at the n-th function entry or line executed (any
+  module: pathlib, json, PIL; ``events``) where stop signals are not held, as a signal
+  handler would, and requires no partial file while the exception is still
+  alive (the command is then writing its final image, then exits). Ends with
+  an uninterrupted run; returns how many moments were tried. A first run
+  untraced does the lazy imports (interrupting those is not the question).
+  """
+  write()
+  n = 0
+  while True:
+    n += 1
+    seen = [0]
+
+    def tracer(frame, event, arg):
+      if event in events and not _stop_signals_held():
+        seen[0] += 1
+        if seen[0] == n:
+          raise Interrupted(signal.SIGTERM, "SIGTERM")
+      return tracer if "line" in events else None
+
+    sys.settrace(tracer)
+    try:
+      write()
+    except Interrupted:
+      sys.settrace(None)
+      assert _no_partial_files(folder) == [], f"interrupted at moment {n}"
+      continue
+    finally:
+      sys.settrace(None)
+    return n
+
+
+def test_a_write_interrupted_at_any_moment_leaves_no_part_file(tmp_path):
+  target = tmp_path / "run.json"
+  tried = _interrupt_everywhere(lambda: files.write_json(target, {"a": [1, 2]}), tmp_path)
+  assert tried > 20 and json.loads(target.read_text()) == {"a": [1, 2]}
+  image = tmp_path / "out.png"
+  pixels = np.linspace(0, 1, 4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+  # Function entries only: PIL's encoder runs ~200 000 lines.
+  tried = _interrupt_everywhere(lambda: save_image(pixels, image), tmp_path, events=("call",))
+  assert tried > 100 and np.asarray(Image.open(image)).shape == (4, 4, 3)
+
+
 def test_an_interrupted_atomic_write_leaves_no_part_file(tmp_path):
   target = tmp_path / "weights.h5"
+
+  def half(tmp):
+    tmp.write_bytes(b"half")
+    raise Interrupted(signal.SIGTERM, "SIGTERM")
+
   with pytest.raises(Interrupted):
-    with files.atomic_path(target) as tmp:
-      tmp.write_bytes(b"half")
-      raise Interrupted(signal.SIGTERM, "SIGTERM")
+    files.atomic_write(target, half)
   assert list(tmp_path.iterdir()) == []
 
 
@@ -210,14 +265,14 @@ def test_weights_cache_below_a_file_is_one_line(tmp_path, image_files, capsys, m
 def test_full_disk_while_writing_the_summary_is_one_line_and_keeps_the_image(
     tmp_path, image_files, tiny_weights_file, capsys, monkeypatch):
   content, style = image_files
-  real = files.atomic_path
+  real = files.atomic_write
 
-  def full(path, suffix=""):
+  def full(path, write, suffix=""):
     if str(path).endswith(".json"):
       raise OSError(28, "No space left on device")
-    return real(path, suffix)
+    return real(path, write, suffix)
 
-  monkeypatch.setattr(files, "atomic_path", full)
+  monkeypatch.setattr(files, "atomic_write", full)
   out = tmp_path / "o.png"
   code, _, err = nstjax_cli(["stylize", content, style, "-o", out, "--summary", tmp_path / "s.json",
                              "--weights", tiny_weights_file, *FAST], capsys)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nstjax.errors import NSTError
-from nstjax.files import atomic_path
+from nstjax.files import atomic_write
 from nstjax.vgg import BLOCKS, PREPROCESSINGS, VGGParams, conv_layers
 
 FORMAT = "nstjax-vgg/1"
@@ -95,7 +95,7 @@ def write(path, arch, convs, *, preprocessing, source, source_sha256, widths=Non
   check_params(arch, convs, widths=widths, where=str(path))
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  with atomic_path(path) as tmp:
+  def fill(tmp):
     with h5py.File(tmp, "w") as f:
       f.attrs["format"] = FORMAT
       f.attrs["arch"] = arch
@@ -113,6 +113,7 @@ def write(path, arch, convs, *, preprocessing, source, source_sha256, widths=Non
         f.create_dataset(f"{name}/bias", data=np.asarray(b, np.float32))
       for key, value in (extra_datasets or {}).items():
         f.create_dataset(key, data=value)
+  atomic_write(path, fill)
   return path
 
 
