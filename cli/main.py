@@ -210,6 +210,11 @@ def _print_plan(memory_plan: dict, measures: list[str]) -> None:
                f"optimizer state {human(e['optimizer_state_bytes'])} (L-BFGS history "
                f"{human(e['lbfgs_history_bytes'])}) + targets {human(e['targets_bytes'])} + "
                f"image {human(e['image_bytes'])} + XLA working set {temp}")
+    if e.get("tile"):
+      t = e["tile"]
+      typer.echo(f"  tiled: {t['grid'][0]}x{t['grid'][1]} tiles of {t['tile'][1]}x{t['tile'][0]} "
+                 f"px, halo {t['halo']} px, windows {t['window'][1]}x{t['window'][0]} "
+                 f"({t['window_pixels_ratio']}x the image's pixels per network pass)")
   capacity = memory_plan["device_capacity_bytes"]
   typer.echo(f"device: {'capacity not reported' if capacity is None else human(capacity)}; "
              f"peak {human(memory_plan['estimated_peak_bytes'])}"

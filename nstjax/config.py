@@ -236,6 +236,11 @@ class StyleConfig:
   scale_iterations: tuple[int, ...] | None = option(
       None, kind=HOST, read=_optional(_ints), group=G_RUN,
       help="Steps at each scale (default: --iterations at the last, twice the next scale's below).")
+  tile: int | None = option(
+      None, kind=STATIC, read=_optional(_number(int)), group=G_RUN,
+      help="Exact tiled optimisation: run the network on tiles of about this many pixels (each "
+           "read with a halo the deepest layer needs), so memory is one tile's; the loss and "
+           "gradient are the untiled ones. Default: untiled.")
   optimizer: str = option("lbfgs", kind=STATIC, read=_text, group=G_OPT, choices=OPTIMIZERS,
                           help="L-BFGS (see --line-search) or Adam.")
   lr: float | None = option(None, kind=STATIC, read=_optional(_number(float)), group=G_OPT,
@@ -393,6 +398,8 @@ class StyleConfig:
         raise NSTError("style blend weights must not all be 0")
     if self.iterations < 0:
       raise NSTError(f"iterations must be >= 0, got {self.iterations}")
+    if self.tile is not None and not 16 <= self.tile <= 16384:
+      raise NSTError(f"tile must be between 16 and 16384 pixels, got {self.tile}")
     if isinstance(self.scales, tuple):
       if not self.scales or any(not 16 <= s <= 16384 for s in self.scales) or list(
           self.scales) != sorted(set(self.scales)):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from nstjax import attention as nattention
-from nstjax import losses, vgg
+from nstjax import losses, tiling, vgg
 from nstjax import style as nstyle
 from nstjax.errors import NSTError
 
@@ -65,24 +65,49 @@ class TargetInputs:
 
   def __init__(self, net: vgg.VGGParams, content: Array, styles, pooling: str,
                layers: Mapping[str, tuple[str, ...]], style_weights=None,
-               input_scale: float | None = None, precision: str = "tf32"):
+               input_scale: float | None = None, precision: str = "tf32",
+               tile: int | None = None):
     self.net, self.content, self.pooling, self.input_scale = net, content, pooling, input_scale
-    self.precision = precision
+    self.precision, self.tile = precision, tile
     self.styles = tuple(styles)
     self.style = self.styles[0]
     self.style_weights = tuple(style_weights or (1.0 / len(self.styles),) * len(self.styles))
     self._features = {}
+    self._grams = {}
     self._layers = layers
 
+  def _image(self, which, index):
+    return self.content if which == "content" else self.styles[index]
+
+  def _kw(self, which, image):
+    kw = dict(layers=self._layers[which], pooling=self.pooling, input_scale=self.input_scale,
+              precision=self.precision)
+    if self.tile is not None:
+      kw["grid"] = tiling.make_grid(image.shape, self.tile, self.net.arch, self._layers[which])
+    return kw
+
   def features(self, which: str, index: int = 0) -> dict[str, Array]:
-    """``{layer: (h, w, C)}`` of the ``"content"`` image or of style image ``index``."""
+    """``{layer: (h, w, C)}`` of the ``"content"`` image or of style image ``index``
+    (with ``tile``: computed one window at a time, whole maps out)."""
     key = (which, index)
     if key not in self._features:
-      image = self.content if which == "content" else self.styles[index]
-      self._features[key] = _features(self.net, image, layers=self._layers[which],
-                                       pooling=self.pooling, input_scale=self.input_scale,
-                                       precision=self.precision)
+      image = self._image(which, index)
+      kw = self._kw(which, image)
+      fn = _features if self.tile is None else _assembled_features
+      self._features[key] = fn(self.net, image, **kw)
     return self._features[key]
+
+  def gram(self, which: str, index: int, layer: str) -> Array:
+    """``losses.gram`` of ``layer``'s features (with ``tile``: summed window by window, no
+    whole map formed)."""
+    if self.tile is None:
+      return losses.gram(self.features(which, index)[layer])
+    key = (which, index)
+    if key not in self._grams:
+      image = self._image(which, index)
+      self._grams[key] = _gram_sums(self.net, image, **self._kw(which, image))
+    h, w = vgg.feature_shape(layer, *self._image(which, index).shape[:2])
+    return self._grams[key][layer] / (h * w)
 
   def style_features(self) -> list[dict[str, Array]]:
     """Every style image's features."""
@@ -90,6 +115,9 @@ class TargetInputs:
 
 
 _features = jax.jit(vgg.features, static_argnames=("layers", "pooling", "input_scale", "precision"))
+_TILED_STATIC = ("grid", "layers", "pooling", "input_scale", "precision")
+_assembled_features = jax.jit(tiling.assembled_features, static_argnames=_TILED_STATIC)
+_gram_sums = jax.jit(tiling.gram_sums, static_argnames=_TILED_STATIC)
 
 LossFn = Callable[[Mapping[str, Array], Array, Any, Mapping[str, Array]], Array]
 
@@ -110,6 +138,11 @@ class Term:
     target: ``target(inputs, config)``: any pytree, computed once per run.
     loss: ``loss(config)`` returns ``fn(features, image, target, layer_weights)``;
       ``config``'s static fields choose the function (compiled once per choice).
+    tiled: for terms that read the network: ``tiled(config)`` returns
+      ``(stats, finish)``, the same loss as sums over feature positions:
+      ``stats(view, target)`` a tile's sums (:class:`nstjax.tiling.TileView`),
+      ``finish(sums, target, layer_weights, sizes)`` the term from the whole
+      image's. ``None``: the term cannot run tiled (``--tile`` refuses it).
   """
   name: str
   weight_field: str
@@ -119,6 +152,7 @@ class Term:
   layer_weights: Callable[[Any], dict[str, float]]
   target: Callable[[TargetInputs, Any], Any]
   loss: Callable[[Any], LossFn]
+  tiled: Callable[[Any], tuple[Callable, Callable]] | None = None
 
 
 TERMS: dict[str, Term] = {}
@@ -174,7 +208,49 @@ register(Term(
                                         _layer_default(c)),
     target=lambda inputs, c: {k: inputs.features("content")[k] for k in c.content_layers},
     loss=lambda c: _per_layer(losses.content_loss if c.loss_form == "gatys"
-                              else losses.jcjohnson_content_loss)))   # eq. 1
+                              else losses.jcjohnson_content_loss),   # eq. 1
+    tiled=lambda c: (_content_sums, _finish_content(c))))
+
+
+def _content_sums(view, target):
+  """Σ over the tile's core of (F - P)², per layer."""
+  out = {}
+  for k, p in target.items():
+    d = view.feats[k].astype(jnp.float32) - view.crop(p, k)
+    out[k] = jnp.sum(d * d * view.mask(k))
+  return out
+
+
+def _finish_content(c):
+  """Eq. 1 (or jcjohnson's mean) from the whole image's Σ (F - P)²."""
+  half = 2.0 if c.loss_form == "gatys" else 1.0
+
+  def finish(sums, target, layer_weights, sizes):
+    del sizes
+    return sum(layer_weights[k] * s / (half * target[k].size) for k, s in sums.items())
+
+  return finish
+
+
+def _gram_of_sums(sums, k, sizes):
+  h, w = sizes.layer_size(k)
+  return sums[k] / (h * w)
+
+
+def _finish_style(c):
+  """Each representation's loss from the whole image's Gram (Σ f fᵀ / hw)."""
+  if c.loss_form == "gatys":
+    of_gram = nstyle.REPRESENTATIONS[c.style_loss].loss_of_gram
+  else:
+    def of_gram(g, t):
+      n = g.shape[-1]
+      return losses.jcjohnson_style_loss(g / n, t / n)
+
+  def finish(sums, target, layer_weights, sizes):
+    return sum(layer_weights[k] * of_gram(_gram_of_sums(sums, k, sizes), target[k])
+               for k in sums)
+
+  return finish
 
 
 def _style_target(inputs, c):
@@ -187,13 +263,13 @@ def _style_target(inputs, c):
   """
   spec = c.style_spec()
   rep = nstyle.REPRESENTATIONS[spec.kind]
-  feats = inputs.style_features()
   out = {}
+  n = len(inputs.styles)
   for k in c.style_layers:
-    if len(feats) == 1:
-      a = losses.gram(feats[0][k])
+    if n == 1:
+      a = inputs.gram("style", 0, k)
     else:
-      a = sum(w * losses.gram(f[k]) for w, f in zip(inputs.style_weights, feats))
+      a = sum(w * inputs.gram("style", i, k) for i, w in enumerate(inputs.style_weights))
     out[k] = rep.from_gram(a, spec, k)
   return out
 
@@ -207,7 +283,9 @@ register(Term(
                                         _layer_default(c)),
     target=_style_target,
     loss=lambda c: _per_layer(nstyle.REPRESENTATIONS[c.style_loss].loss if c.loss_form == "gatys"
-                              else _jcjohnson_gram_loss)))   # eq. 3 or a variant
+                              else _jcjohnson_gram_loss),   # eq. 3 or a variant
+    tiled=lambda c: (lambda view, target: {k: view.gram_sum(k) for k in target},
+                     _finish_style(c))))
 
 
 register(Term(
@@ -252,7 +330,25 @@ register(Term(
     target_layers=lambda c: {"content": c.attention_layers, "style": c.attention_layers},
     layer_weights=lambda c: layer_table(c.attention_layers, c.attention_layer_weights, "attention"),
     target=_attention_target,
-    loss=lambda c: _per_layer(nattention.ATTENTION_LOSSES[c.attention_gram])))   # eq. 7
+    loss=lambda c: _per_layer(nattention.ATTENTION_LOSSES[c.attention_gram]),   # eq. 7
+    tiled=lambda c: (lambda view, target: {k: (view.gram_sum(k), view.sum(k)) for k in target},
+                     _finish_attention(c))))
+
+
+def _finish_attention(c):
+  """Eq. 7 from the whole image's Σ f fᵀ and Σ f: gram(F - F̄) = Σ f fᵀ/n - F̄ F̄ᵀ."""
+  def finish(sums, target, layer_weights, sizes):
+    out = 0.0
+    for k, (gram_sum, total) in sums.items():
+      h, w = sizes.layer_size(k)
+      g = gram_sum / (h * w)
+      if c.attention_gram == "centered":
+        mean = total / (h * w)
+        g = g - jnp.outer(mean, mean)
+      out = out + layer_weights[k] * losses.style_loss(g, target[k])
+    return out
+
+  return finish
 
 
 # --- the objective --------------------------------------------------------------
@@ -353,7 +449,7 @@ def make_targets(net: vgg.VGGParams, content: Array, style, config,
   inputs = TargetInputs(net, jnp.asarray(content, jnp.float32),
                         [jnp.asarray(s, jnp.float32) for s in styles], config.pooling,
                         target_layers(config), style_weights, config.input_scale,
-                        precision(config))
+                        precision(config), getattr(config, "tile", None))
   return {t.name: t.target(inputs, config) for t in active_terms(config)}
 
 
@@ -366,6 +462,8 @@ def make_terms_fn(config):
   layers = feature_layers(config)
   pooling = config.pooling
   conv_precision = precision(config)
+  if getattr(config, "tile", None) is not None:
+    return _tiled_terms_fn(config, layers, pooling, conv_precision)
   fns = {t.name: t.loss(config) for t in active_terms(config)}
 
   def terms(image, *, net, targets, weights):
@@ -374,6 +472,31 @@ def make_terms_fn(config):
              if layers else {})
     return {name: jnp.asarray(fn(feats, image, targets[name], weights[name]["layers"]), jnp.float32)
             for name, fn in fns.items()}
+
+  return terms
+
+
+def _tiled_terms_fn(config, layers, pooling, conv_precision):
+  """:func:`make_terms_fn` with ``config.tile``: the network terms tile by tile
+  (:func:`nstjax.tiling.tiled_network_terms`, the untiled value and gradient), the
+  others (TV) on the whole image."""
+  network = [t for t in active_terms(config) if t.layers(config)]
+  for t in network:
+    if t.tiled is None:
+      raise NSTError(f"the {t.name} term cannot run tiled; leave out --tile")
+  forms = {t.name: t.tiled(config) for t in network}
+  whole = {t.name: t.loss(config) for t in active_terms(config) if not t.layers(config)}
+
+  def terms(image, *, net, targets, weights):
+    grid = tiling.make_grid(image.shape, config.tile, net.arch, layers)
+    fn = tiling.tiled_network_terms(
+        grid, layers, {n: f[0] for n, f in forms.items()}, {n: f[1] for n, f in forms.items()},
+        pooling=pooling, input_scale=config.input_scale, precision=conv_precision)
+    out = fn(image, net, {n: targets[n] for n in forms},
+             {n: weights[n]["layers"] for n in forms})
+    for name, f in whole.items():
+      out[name] = jnp.asarray(f({}, image, targets[name], weights[name]["layers"]), jnp.float32)
+    return {t.name: out[t.name] for t in active_terms(config)}
 
   return terms
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from nstjax import colour as ncolour
 from nstjax import image as nimage
-from nstjax import files, memory, objective, optim, programs, vgg
+from nstjax import files, memory, objective, optim, programs, tiling, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
 
@@ -328,6 +328,15 @@ def devices_record(devices) -> dict:
           "devices": [str(d) for d in devices]}
 
 
+def tile_record(config, shape, arch: str) -> dict | None:
+  """The tiling of a run (``None`` untiled): tile, grid, halo, window and the windows' pixels
+  over the image's (the halo's extra compute per network pass)."""
+  if config.tile is None:
+    return None
+  grid = tiling.make_grid(shape, config.tile, arch, objective.feature_layers(config))
+  return {**grid.describe(), "window_pixels_ratio": round(tiling.extra_compute(grid), 3)}
+
+
 def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: int,
               seconds: float, compile_seconds: float, initial: dict, final: dict,
               devices=None, **extra) -> dict:
@@ -346,6 +355,7 @@ def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: 
       "style_representation": config.style_spec().describe(),
       "precision": objective.precision(config),
       "line_search": optim.line_search(config),
+      "tile": tile_record(config, prepared.content.shape, prepared.net.arch),
       "style_weights": list(prepared.style_weights),
       "height": int(prepared.content.shape[0]), "width": int(prepared.content.shape[1]),
       **devices_record(devices if devices is not None else jax.devices()[:1]),

@@ -67,6 +67,7 @@ def scale_plan(net: vgg.VGGParams, content_hw: tuple[int, int], style_hws, confi
            "alias_bytes": int(analysis.alias_size_in_bytes)}
     peak = (xla["argument_bytes"] + xla["output_bytes"] - xla["alias_bytes"] + xla["temp_bytes"])
   return {"width": w, "height": h, "estimated_peak_bytes": int(peak), **parts,
+          "tile": pipeline.tile_record(config, (h, w), network.arch),
           "lbfgs_history_bytes": (memory.lbfgs_history_bytes(h, w, config.lbfgs_memory)
                                   if config.optimizer == "lbfgs" else 0),
           **xla}
@@ -110,26 +111,71 @@ def parse_max_memory(value: str | None, device=None) -> int | None:
   return parse_bytes(value)
 
 
+MIN_PAIRS_BEFORE_TILING = 20   # below this the history costs more quality than tiling costs time
+MIN_PAIRS = 5
+
+
+def _shrink_history(net, content, style, config, budget, plan, floor, device):
+  """The largest L-BFGS history (at least ``floor`` pairs) whose plan fits, from the plan's
+  arithmetic (2·m image-sized vectors), planned again; ``None`` if none fits."""
+  worst = max(plan["plan"], key=lambda e: e["estimated_peak_bytes"])
+  per_pair = memory.lbfgs_history_bytes(worst["height"], worst["width"], 1)
+  rest = worst["estimated_peak_bytes"] - worst["lbfgs_history_bytes"]
+  pairs = min(config.lbfgs_memory - 1, int((budget - rest) // max(per_pair, 1)))
+  if pairs < floor:
+    return None
+  config = dataclasses.replace(config, lbfgs_memory=pairs)
+  return config, make_plan(net, content, style, config, device)
+
+
+def tile_candidates(long_side: int) -> list[int]:
+  """Tile sizes tried by :func:`fit`, largest first: halves of the image down to 128 px."""
+  out, t = [], 1 << max(long_side - 1, 1).bit_length()
+  while t > 128:
+    t //= 2
+    if t < long_side:
+      out.append(t)
+  return out
+
+
 def fit(net: vgg.VGGParams, content, style, config: StyleConfig, budget: int,
         device=None) -> tuple[StyleConfig, dict, list[str]]:
   """The config whose plan fits ``budget`` bytes, the plan, and the measures taken.
 
-  The one measure applied today is a smaller L-BFGS history: the largest (at
-  least 5 pairs) whose plan fits, computed from the plan (the history is
-  2·m image-sized vectors, in both the arguments and the outputs) and checked
-  by planning again. When nothing fits, NSTError names the figures.
+  The measures, cheapest first, each only if the plan still exceeds the budget:
+
+  1. a smaller L-BFGS history, down to 20 pairs (computed from the plan: the
+     history is 2·m image-sized vectors, in both the arguments and the outputs);
+  2. exact tiling (:mod:`nstjax.tiling`; same loss and gradient, more compute):
+     the largest tile that fits, halving from the image's size down to 128 px;
+  3. a history down to 5 pairs, with that tiling.
+
+  Each is checked by planning again. When nothing fits, NSTError names the figures.
   """
   plan = make_plan(net, content, style, config, device)
   measures = []
-  if plan["estimated_peak_bytes"] > budget and config.optimizer == "lbfgs":
-    worst = max(plan["plan"], key=lambda e: e["estimated_peak_bytes"])
-    per_pair = memory.lbfgs_history_bytes(worst["height"], worst["width"], 1)
-    rest = worst["estimated_peak_bytes"] - worst["lbfgs_history_bytes"]
-    pairs = min(config.lbfgs_memory - 1, int((budget - rest) // max(per_pair, 1)))
-    if pairs >= 5:
-      measures.append(f"L-BFGS history {config.lbfgs_memory} -> {pairs} pairs")
-      config = dataclasses.replace(config, lbfgs_memory=pairs)
-      plan = make_plan(net, content, style, config, device)
+  lbfgs = config.optimizer == "lbfgs"
+  if plan["estimated_peak_bytes"] > budget and lbfgs:
+    shrunk = _shrink_history(net, content, style, config, budget, plan,
+                             MIN_PAIRS_BEFORE_TILING, device)
+    if shrunk is not None:
+      measures.append(f"L-BFGS history {config.lbfgs_memory} -> {shrunk[0].lbfgs_memory} pairs")
+      config, plan = shrunk
+  if plan["estimated_peak_bytes"] > budget and config.tile is None:
+    long_side = max(max(e["height"], e["width"]) for e in plan["plan"])
+    for tile in tile_candidates(long_side):
+      tiled = dataclasses.replace(config, tile=tile)
+      tiled_plan = make_plan(net, content, style, tiled, device)
+      config, plan = tiled, tiled_plan
+      if tiled_plan["estimated_peak_bytes"] <= budget:
+        break
+    if config.tile is not None:
+      measures.append(f"tiling: tiles of {config.tile} px (exact; more compute)")
+  if plan["estimated_peak_bytes"] > budget and lbfgs and config.lbfgs_memory > MIN_PAIRS:
+    shrunk = _shrink_history(net, content, style, config, budget, plan, MIN_PAIRS, device)
+    if shrunk is not None:
+      measures.append(f"L-BFGS history {config.lbfgs_memory} -> {shrunk[0].lbfgs_memory} pairs")
+      config, plan = shrunk
   if plan["estimated_peak_bytes"] > budget:
     worst = max(plan["plan"], key=lambda e: e["estimated_peak_bytes"])
     raise NSTError(
@@ -137,5 +183,6 @@ def fit(net: vgg.VGGParams, content, style, config: StyleConfig, budget: int,
         f"{worst['width']}x{worst['height']} (XLA working set "
         f"{memory.human(worst['temp_bytes'] or 0)}, L-BFGS history "
         f"{memory.human(worst['lbfgs_history_bytes'])}), more than the budget of "
-        f"{memory.human(budget)} even with a history of 5 pairs: use a smaller --size")
+        f"{memory.human(budget)} even tiled with a history of {MIN_PAIRS} pairs: "
+        f"use a smaller --size")
   return config, plan, measures

@@ -140,6 +140,11 @@ def gram_loss(f: Array, target: Array) -> Array:
   return losses.style_loss(losses.gram(f), target)
 
 
+def gram_loss_of_gram(g: Array, target: Array) -> Array:
+  """:func:`gram_loss` from the generated Gram G (C, C) instead of the features."""
+  return losses.style_loss(g, target)
+
+
 # --- pca (ours) --------------------------------------------------------------
 
 def pca_from_gram(a: Array, spec: StyleSpec, layer: str):
@@ -168,6 +173,15 @@ def pca_loss(f: Array, target) -> Array:
   p = jnp.matmul(x, basis, precision=_HIGHEST)
   g = jnp.matmul(p.T, p, precision=_HIGHEST) / x.shape[0]
   d = g - target["gram"]
+  c = basis.shape[0]
+  return jnp.sum(d * d) / (4.0 * c * c)
+
+
+def pca_loss_of_gram(g: Array, target) -> Array:
+  """:func:`pca_loss` from the generated Gram G (C, C): :math:`U_k^T G U_k` formed directly."""
+  basis = target["basis"]
+  p = jnp.matmul(jnp.matmul(basis.T, g, precision=_HIGHEST), basis, precision=_HIGHEST)
+  d = p - target["gram"]
   c = basis.shape[0]
   return jnp.sum(d * d) / (4.0 * c * c)
 
@@ -202,8 +216,13 @@ def pca_paper_loss(f: Array, target: Array) -> Array:
   vectors have arbitrary signs), so even k = C does not give the Gram loss.
   Costs an SVD of a (C, C) matrix per layer per step.
   """
+  return pca_paper_loss_of_gram(losses.gram(f), target)
+
+
+def pca_paper_loss_of_gram(g: Array, target: Array) -> Array:
+  """:func:`pca_paper_loss` from the generated Gram G (C, C)."""
   k = target.shape[1]
-  d = _paper_projection(losses.gram(f), k) - target
+  d = _paper_projection(g, k) - target
   c = target.shape[0]
   return jnp.sum(d * d) / (4.0 * c * c)
 
@@ -290,8 +309,13 @@ def weighted_loss(f: Array, target) -> Array:
 
   Uniform weights (w = 1) give exactly :func:`gram_loss`.
   """
+  return weighted_loss_of_gram(losses.gram(f), target)
+
+
+def weighted_loss_of_gram(g: Array, target) -> Array:
+  """:func:`weighted_loss` from the generated Gram G (C, C)."""
   w = target["w"].reshape(-1, 1)
-  d = w * (losses.gram(f) - target["gram"])
+  d = w * (g - target["gram"])
   c = d.shape[0]
   return jnp.sum(d * d) / (4.0 * c * c)
 
@@ -305,6 +329,7 @@ class Representation(NamedTuple):
   """
   from_gram: Callable[[Array, StyleSpec, str], Any]
   loss: Callable[[Array, Any], Array]
+  loss_of_gram: Callable[[Array, Any], Array]   # the same loss from gram(F) (tiled runs)
 
   def target(self, f: Array, spec: StyleSpec, layer: str):
     """The target of one style image's features f (h, w, C)."""
@@ -312,11 +337,11 @@ class Representation(NamedTuple):
 
 
 REPRESENTATIONS = {
-    "gram": Representation(gram_from_gram, gram_loss),
-    "pca": Representation(pca_from_gram, pca_loss),
-    "pca-paper": Representation(pca_paper_from_gram, pca_paper_loss),
-    "svd": Representation(svd_from_gram, svd_loss),
-    "weighted": Representation(weighted_from_gram, weighted_loss),
+    "gram": Representation(gram_from_gram, gram_loss, gram_loss_of_gram),
+    "pca": Representation(pca_from_gram, pca_loss, pca_loss_of_gram),
+    "pca-paper": Representation(pca_paper_from_gram, pca_paper_loss, pca_paper_loss_of_gram),
+    "svd": Representation(svd_from_gram, svd_loss, gram_loss_of_gram),
+    "weighted": Representation(weighted_from_gram, weighted_loss, weighted_loss_of_gram),
 }
 
 

@@ -272,7 +272,7 @@ def pool2x2(x: Array, pooling: str) -> Array:
 
 def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
              pooling: str = "max", input_scale: float | None = None,
-             precision: str = "tf32") -> dict[str, Array]:
+             precision: str = "tf32", origin=None, extent=None) -> dict[str, Array]:
   """Named VGG activations of one image.
 
   Args:
@@ -286,6 +286,14 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
     precision: ``tf32`` (JAX's default), ``fp32`` or ``bf16`` (convolutions
       and stored activations in bf16, accumulation in fp32); see
       :func:`_conv`. The returned features are always float32.
+    origin, extent: ``image`` is a window of a larger image: ``origin`` =
+      (y0, x0), the window's top-left corner in that image's pixels (may be
+      traced, may be negative; multiples of ``2**pools`` so that the pooling
+      grid is the large image's), ``extent`` = (H, W), the large image's size
+      (static). Every layer's input is zeroed outside the large image, so the
+      window's features equal the large image's wherever the window holds
+      their receptive field (:mod:`nstjax.tiling`). Positions outside the
+      large image hold garbage; ignore them.
 
   Returns:
     ``{name: (h, w, C)}`` for every name in ``layers``.
@@ -306,6 +314,10 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
   if precision not in PRECISIONS:
     raise NSTError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
   store = jnp.bfloat16 if precision == "bf16" else jnp.float32
+  inside = (lambda v, level: v) if origin is None else functools.partial(
+      _inside, origin=origin, extent=extent)
+  level = 0
+  x = inside(x, level)
 
   def tap(name, value):
     if name in wanted:
@@ -324,13 +336,24 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
         x = _conv(x, p["kernel"], precision)
       x = x + p["bias"].reshape(1, 1, 1, -1)
       tap(name, x)
-      x = jax.nn.relu(x).astype(store)
+      x = inside(jax.nn.relu(x).astype(store), level)
       tap(f"relu{block}_{i}", x)
     if not wanted:
       return out
-    x = pool2x2(x, pooling)
+    level += 1
+    x = inside(pool2x2(x, pooling), level)
     tap(f"pool{block}", x)
   return out
+
+
+def _inside(x: Array, level: int, *, origin, extent) -> Array:
+  """``x`` (1, h, w, C) at ``level`` (after ``level`` poolings) zeroed outside the large image."""
+  def axis(start, size, n):
+    index = jnp.arange(n) + start // 2 ** level
+    return (index >= 0) & (index < size // 2 ** level)
+  keep = (axis(origin[0], extent[0], x.shape[1])[:, None]
+          & axis(origin[1], extent[1], x.shape[2])[None, :])
+  return jnp.where(keep[None, :, :, None], x, jnp.zeros((), x.dtype))
 
 
 def random_params(key: Array, arch: str = "vgg19", *, widths=None,
