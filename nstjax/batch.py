@@ -253,7 +253,9 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
       layers = objective.network_layers(cfg)
       if layers not in networks:
         networks[layers] = vgg.prepare(net, layers)
-      if cfg.scales is not None:   # coarse-to-fine: one job at a time, scale by scale
+      if cfg.scales is not None or cfg.shard != "none":
+        # coarse-to-fine (scale by scale) and spatially sharded jobs (each over every
+        # device): one job at a time
         multiscale[i] = (c, s, cfg, networks[layers])
         continue
       prepared[i] = prepare(net, c, s, cfg, network=networks[layers])

@@ -241,6 +241,10 @@ class StyleConfig:
       help="Exact tiled optimisation: run the network on tiles of about this many pixels (each "
            "read with a halo the deepest layer needs), so memory is one tile's; the loss and "
            "gradient are the untiled ones. Default: untiled.")
+  shard: str = option(
+      "none", kind=STATIC, read=_text, group=G_RUN, choices=("none", "spatial"),
+      help="spatial: one image over every local device, split by rows (the image, its content "
+           "targets and the optimiser's history); the losses equal one device's.")
   optimizer: str = option("lbfgs", kind=STATIC, read=_text, group=G_OPT, choices=OPTIMIZERS,
                           help="L-BFGS (see --line-search) or Adam.")
   lr: float | None = option(None, kind=STATIC, read=_optional(_number(float)), group=G_OPT,
@@ -400,6 +404,8 @@ class StyleConfig:
       raise NSTError(f"iterations must be >= 0, got {self.iterations}")
     if self.tile is not None and not 16 <= self.tile <= 16384:
       raise NSTError(f"tile must be between 16 and 16384 pixels, got {self.tile}")
+    if self.tile is not None and self.shard != "none":
+      raise NSTError("--tile and --shard spatial do not combine; choose one")
     if isinstance(self.scales, tuple):
       if not self.scales or any(not 16 <= s <= 16384 for s in self.scales) or list(
           self.scales) != sorted(set(self.scales)):

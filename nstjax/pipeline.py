@@ -29,7 +29,7 @@ import numpy as np
 
 from nstjax import colour as ncolour
 from nstjax import image as nimage
-from nstjax import files, memory, objective, optim, programs, tiling, vgg
+from nstjax import files, memory, objective, optim, programs, spatial, tiling, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
 
@@ -192,9 +192,13 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
     content = ncolour.gray(content_y)
   content = jnp.asarray(content, jnp.float32)
   styles = tuple(jnp.asarray(s, jnp.float32) for s in styles)
+  targets = objective.make_targets(network, content, list(styles), config, weights)
+  if config.shard == "spatial":
+    mesh = spatial.make_mesh()
+    spatial.check(content.shape[0], mesh)
+    content, targets = spatial.place((content, targets), mesh, content.shape)
   return Prepared(config=config, net=network, content=content, styles=styles,
-                  style_weights=weights, colours=colours,
-                  targets=objective.make_targets(network, content, list(styles), config, weights),
+                  style_weights=weights, colours=colours, targets=targets,
                   weights=objective.make_weights(config, net.preprocessing, net.normalized),
                   loss_weights=config.loss_weights(net.preprocessing, net.normalized))
 
@@ -232,7 +236,18 @@ def steps_program(prepared: Prepared, state: optim.State, k: int = 1, devices=No
 def make_steps(config: StyleConfig, k: int):
   """``k`` optimiser steps as one function (see :func:`steps_program`)."""
   step = optim.make_step(config)
+  if config.shard == "spatial":   # outputs in the inputs' layout: one program for every call
+    inner = _steps(step, k)
 
+    def steps(net, image, opt_state, evaluations, targets, weights):
+      out = inner(net, image, opt_state, evaluations, targets, weights)
+      return spatial.constrain(out, spatial.make_mesh(), image.shape)
+
+    return steps
+  return _steps(step, k)
+
+
+def _steps(step, k: int):
   def steps(net, image, opt_state, evaluations, targets, weights):
     def body(carry, _):
       state, good, stopped = carry
@@ -309,14 +324,20 @@ def start_state(prepared: Prepared, start=None) -> optim.State:
       raise NSTError(f"the state to continue is for a {start.image.shape[1]}x"
                      f"{start.image.shape[0]} image, this run's is "
                      f"{prepared.content.shape[1]}x{prepared.content.shape[0]}")
-    return jax.tree.map(jnp.copy, start)   # the step donates opt_state; keep the caller's
+    state = jax.tree.map(jnp.copy, start)   # the step donates opt_state; keep the caller's
+    if prepared.config.shard == "spatial":
+      state = spatial.place(state, spatial.make_mesh(), start.image.shape)
+    return state
   if start is None:
     image = initial_image(prepared)
   else:
     image = jnp.asarray(nimage.as_rgb(start, "start image"))
     if image.shape != prepared.content.shape:
       image = jax.image.resize(image, prepared.content.shape, "linear")
-  return optim.init_state(prepared.config.static_key(), image, terms=prepared.weights)
+  state = optim.init_state(prepared.config.static_key(), image, terms=prepared.weights)
+  if prepared.config.shard == "spatial":
+    state = spatial.place(state, spatial.make_mesh(), image.shape)
+  return state
 
 
 def devices_record(devices) -> dict:
@@ -356,6 +377,8 @@ def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: 
       "precision": objective.precision(config),
       "line_search": optim.line_search(config),
       "tile": tile_record(config, prepared.content.shape, prepared.net.arch),
+      "shard": (None if config.shard == "none" else
+                {"mode": config.shard, "devices": len(jax.devices()), "axis": "height"}),
       "style_weights": list(prepared.style_weights),
       "height": int(prepared.content.shape[0]), "width": int(prepared.content.shape[1]),
       **devices_record(devices if devices is not None else jax.devices()[:1]),

@@ -112,16 +112,19 @@ class Grid:
 def make_grid(shape, tile: int, arch: str, layers) -> Grid:
   """The grid for an image of ``shape`` (H, W, ...) with cores of about ``tile`` pixels.
 
-  ``tile`` is rounded up to the alignment the deepest layer needs and down to
-  the image (a side smaller than ``tile`` is one tile).
+  Each side gets as many tiles as ``tile`` (rounded up to the alignment the
+  deepest layer needs) takes to cover it, and the image is then split evenly
+  among them (768 rows with ``tile=512``: two tiles of 384, not 512 + 256),
+  each rounded up to the alignment.
   """
   if tile < 1:
     raise NSTError(f"tile must be a positive number of pixels, got {tile}")
   height, width = int(shape[0]), int(shape[1])
   halo, align = receptive_field(arch, layers)
-  t = -(-int(tile) // align) * align
-  tile_h = min(t, -(-height // align) * align)
-  tile_w = min(t, -(-width // align) * align)
+  up = lambda v: -(-v // align) * align
+  t = up(int(tile))
+  rows, cols = -(-height // t), -(-width // t)
+  tile_h, tile_w = up(-(-height // rows)), up(-(-width // cols))
   return Grid(height, width, tile_h, tile_w, -(-height // tile_h), -(-width // tile_w), halo)
 
 

@@ -45,9 +45,11 @@ def test_receptive_field_of_vgg19_layers():
   assert tiling.receptive_field("vgg19", ("pool2",)) == (8, 4)   # 6, then a pooling: align 4
 
 
-def test_grid_rounds_the_tile_to_the_alignment_and_covers_the_image():
+def test_grid_rounds_the_tile_to_the_alignment_splits_evenly_and_covers_the_image():
   g = tiling.make_grid((53, 70, 3), 20, "vgg19", ("relu5_1",))
   assert (g.tile_h, g.tile_w, g.rows, g.cols, g.halo) == (32, 32, 2, 3, 80)
+  g = tiling.make_grid((768, 1024, 3), 512, "vgg19", ("relu5_1",))
+  assert (g.tile_h, g.tile_w, g.rows, g.cols) == (384, 512, 2, 2)   # split evenly
   g = tiling.make_grid((53, 70, 3), 1000, "vgg19", ("relu5_1",))
   assert (g.tile_h, g.tile_w, g.count) == (64, 80, 1)   # one tile: the image, aligned
 
@@ -127,7 +129,8 @@ def test_cli_and_batch_tile(tmp_path, image_files, tiny_weights_file, capsys):
                              "--summary", summary], capsys)
   assert code == 0, err
   s = json.loads(summary.read_text())
-  assert s["tile"]["tile"] == [16, 16] and s["tile"]["halo"] == 4
+  grid = tiling.make_grid((s["height"], s["width"]), 16, "vgg19", ("relu1_1", "relu2_1"))
+  assert s["tile"]["grid"] == [grid.rows, grid.cols] and grid.count > 1 and s["tile"]["halo"] == 4
   manifest = tmp_path / "jobs.jsonl"
   manifest.write_text(json.dumps({"content": str(content), "style": str(style), "name": "t",
                                   "tile": 16, "style_layers": "relu1_1,relu2_1",

@@ -1,0 +1,100 @@
+"""--shard spatial: one image over 4 forced CPU devices, the same losses as one device."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+SCRIPT = textwrap.dedent("""
+    import json, re, sys
+    sys.path.insert(0, {tests!r})
+    import jax
+    import numpy as np
+    import nstjax
+    from conftest import smooth_image, tiny_convs
+    from nstjax import pipeline, vgg
+    from nstjax.cli.main import run as cli
+    import jax.numpy as jnp
+    net = vgg.VGGParams(convs={{k: {{"kernel": jnp.asarray(w), "bias": jnp.asarray(b)}}
+                                for k, (w, b) in tiny_convs().items()}}, arch="vgg19",
+                        preprocessing="torch")
+    content, style = smooth_image(64, 48, 1), smooth_image(40, 40, 2)
+    out = {{"devices": jax.device_count()}}
+    runs = {{}}
+    for shard in ("none", "spatial"):
+      cfg = nstjax.StyleConfig(size=None, iterations=5, shard=shard)
+      r = nstjax.stylize_result(content, style, cfg, net=net)
+      runs[shard] = r
+      out[shard] = {{"initial": r.summary["initial_losses"]["total"],
+                     "final": r.summary["losses"]["total"], "shard": r.summary["shard"],
+                     "image_spec": list(getattr(r.state.image.sharding, "spec", ()))}}
+    out["image_max_diff"] = float(np.max(np.abs(runs["none"].image - runs["spatial"].image)))
+    # The compiled step: what the partitioner put in.
+    cfg = nstjax.StyleConfig(size=None, shard="spatial")
+    prepared = pipeline.prepare(net, content, style, cfg, resize=False)
+    state = pipeline.start_state(prepared)
+    text = jax.jit(pipeline.make_steps(cfg.static_key(), 1)).lower(
+        prepared.net, state.image, state.opt_state, state.evaluations, prepared.targets,
+        prepared.weights).compile().as_text()
+    out["hlo"] = {{op: len(re.findall(op + r"(-start)?\\(", text))
+                  for op in ("all-gather", "all-reduce", "collective-permute")}}
+    out["history_spec"] = list(state.opt_state.lbfgs.s.sharding.spec)
+    out["target_spec"] = list(next(iter(prepared.targets["content"].values())).sharding.spec)
+    try:
+      pipeline.prepare(net, smooth_image(30, 48, 1), style, cfg, resize=False)
+    except nstjax.NSTError as e:
+      out["uneven"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def test_spatial_sharding_over_four_devices_equals_one_device(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(HERE))],
+                        capture_output=True, text=True, env=env, cwd=HERE)
+  assert proc.returncode == 0, proc.stderr
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4
+  one, four = out["none"], out["spatial"]
+  assert abs(four["initial"] - one["initial"]) <= 1e-5 * abs(one["initial"])
+  assert abs(four["final"] - one["final"]) <= 1e-3 * abs(one["final"])
+  assert out["image_max_diff"] < 1e-3
+  assert four["shard"] == {"mode": "spatial", "devices": 4, "axis": "height"}
+  assert one["shard"] is None
+  assert four["image_spec"] == ["rows"]
+  assert out["history_spec"] == [None, "rows"]
+  assert out["target_spec"] == ["rows"]
+  # Split convolutions exchange halos and the Grams are all-reduced; nothing is gathered.
+  assert out["hlo"]["all-gather"] == 0, out["hlo"]
+  assert out["hlo"]["collective-permute"] > 0 and out["hlo"]["all-reduce"] > 0, out["hlo"]
+  assert "multiple of 4" in out["uneven"]
+
+
+CLI = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from nstjax.cli.main import run
+    run(sys.argv[1:])
+""")
+
+
+def test_cli_and_batch_shard_spatial(tmp_path, image_files, tiny_weights_file):
+  content, style = image_files
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  summary = tmp_path / "s.json"
+  manifest = tmp_path / "jobs.jsonl"
+  manifest.write_text(json.dumps({"content": str(content), "style": str(style), "name": "j",
+                                  "shard": "spatial"}) + "\n")
+  for argv in (["stylize", content, style, "-o", tmp_path / "o.png", "--summary", summary],
+               ["batch", manifest, "-o", tmp_path / "b"]):
+    proc = subprocess.run([sys.executable, "-c", CLI.format(tests=str(HERE)), *map(str, argv),
+                           "--weights", str(tiny_weights_file), "--size", "32", "--iterations",
+                           "2", "-q", *(["--shard", "spatial"] if argv[0] == "stylize" else [])],
+                          capture_output=True, text=True, env=env, cwd=HERE)
+    assert proc.returncode == 0, proc.stderr
+  assert json.loads(summary.read_text())["shard"]["devices"] == 2
+  assert json.loads((tmp_path / "b" / "j.json").read_text())["shard"]["mode"] == "spatial"
