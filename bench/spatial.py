@@ -29,18 +29,20 @@ BYTES = {"f32": 4, "bf16": 2, "s32": 4, "f16": 2, "pred": 1, "u32": 4}
 
 
 def collective_bytes(text: str) -> dict:
-  out = {}
-  for op in ("collective-permute", "all-reduce", "all-gather", "all-to-all"):
-    total, count = 0, 0
-    for m in re.finditer(r"= \(?((?:[a-z0-9]+\[[0-9,]*\][^ ]*(?:, )?)+)\)? " + op + r"(?:-start)?\(",
-                         text):
-      count += 1
-      for dtype, dims in re.findall(r"([a-z0-9]+)\[([0-9,]*)\]", m.group(1)):
-        n = 1
-        for d in filter(None, dims.split(",")):
-          n *= int(d)
-        total += n * BYTES.get(dtype, 4)
-    out[op] = {"count": count, "bytes": total}
+  """``{op: {"count", "bytes"}}``: each collective's result shapes in the compiled HLO text."""
+  out = {op: {"count": 0, "bytes": 0}
+         for op in ("collective-permute", "all-reduce", "all-gather", "all-to-all")}
+  for line in text.splitlines():
+    m = re.search(r"= (.*?) (collective-permute|all-reduce|all-gather|all-to-all)(?:-start)?\(",
+                  line)
+    if not m:
+      continue
+    out[m.group(2)]["count"] += 1
+    for dtype, dims in re.findall(r"([a-z]+[0-9]*)\[([0-9,]*)\]", m.group(1)):
+      n = 1
+      for d in filter(None, dims.split(",")):
+        n *= int(d)
+      out[m.group(2)]["bytes"] += n * BYTES.get(dtype, 4)
   return out
 
 
@@ -56,13 +58,28 @@ def worker(size: int, run: bool):
     out.update(seconds_per_evaluation=r.summary["seconds_per_evaluation"],
                initial_total=r.summary["initial_losses"]["total"],
                final_total=r.summary["losses"]["total"])
-  else:
-    prepared = pipeline.prepare(net, CONTENT, STYLE, cfg)
-    state = pipeline.start_state(prepared)
+  else:   # compiled at abstract shapes: nothing is computed at this size
+    import jax.numpy as jnp
+    from nstjax import image as nimage
+    from nstjax import objective, optim, spatial, vgg
+    mesh = spatial.make_mesh()
+    content = nimage.load_image(CONTENT)
+    h, w = nimage.long_side_shape(*content.shape[:2], size)
+    style_hw = nimage.long_side_shape(*nimage.load_image(STYLE).shape[:2], size)
+    network = vgg.prepare(net, objective.network_layers(cfg))
+    sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    targets = jax.eval_shape(lambda c, st: objective.make_targets(network, c, [st], cfg),
+                             sds((h, w, 3)), sds((*style_hw, 3)))
+    weights = objective.make_weights(cfg, net.preprocessing, net.normalized)
+    state = jax.eval_shape(lambda x: optim.init_state(cfg.static_key(), x, terms=weights),
+                           sds((h, w, 3)))
+    placed = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=spatial._sharding(x, mesh, (h, w, 3))), tree)
+    state, targets = placed(state), placed(targets)
     text = jax.jit(pipeline.make_steps(cfg.static_key(), 1)).lower(
-        prepared.net, state.image, state.opt_state, state.evaluations, prepared.targets,
-        prepared.weights).compile().as_text()
-    out["height"], out["width"] = map(int, prepared.content.shape[:2])
+        network, state.image, state.opt_state, state.evaluations, targets,
+        weights).compile().as_text()
+    out["height"], out["width"] = h, w
     out["collectives_per_step"] = collective_bytes(text)
   print(json.dumps(out))
 

@@ -8,7 +8,8 @@
 size: their largest relative difference. ``--measure``: each tile setting in a
 fresh process: the plan's estimated peak, then 2 steps of a real run (seconds
 per evaluation, compile seconds, the first loss) and the process's peak RSS.
-``--project``: the plan (compiled, never run) untiled and with 512 px tiles, at
+``--pairs``: the measured runs' L-BFGS history (default 100). ``--project``: the plan
+(compiled, never run) untiled and with 512 px tiles, at
 100 and 20 L-BFGS pairs, against 24, 80 and 141 GB devices.
 """
 
@@ -98,7 +99,7 @@ def main():
     return got
 
   result = {"check": child("--do-check", args.check) if args.check else None}
-  result["measured"] = [child("--worker", args.measure, "--tile", t, "--run")
+  result["measured"] = [child("--worker", args.measure, "--tile", t, "--run", "--pairs", args.pairs)
                         for t in args.tiles.split(",")] if args.measure else []
   projected = []
   for s in [int(x) for x in args.project.split(",") if x]:

@@ -12,8 +12,9 @@ paper (``content``, ``style``, ``tv``, ``attention``) are registered here.
 
 Adding a term: write its loss (a function of the features and the image) and
 target, register a :class:`Term` with :func:`register`, declare its weight
-field in :class:`nstjax.config.StyleConfig`, and test both. Nothing else needs
-to know about it: targets, weights, the compiled step, image-size checks, the
+field in :class:`nstjax.config.StyleConfig`, and test both (for ``--tile``:
+its ``tiled`` form as sums over feature positions, tested against the
+untiled loss in ``tests/test_tiling.py``). Nothing else needs to know about it: targets, weights, the compiled step, image-size checks, the
 summary, batch manifests and the command line all follow the registry and the
 config's declarations.
 
@@ -141,8 +142,9 @@ class Term:
     tiled: for terms that read the network: ``tiled(config)`` returns
       ``(stats, finish)``, the same loss as sums over feature positions:
       ``stats(view, target)`` a tile's sums (:class:`nstjax.tiling.TileView`),
-      ``finish(sums, target, layer_weights, sizes)`` the term from the whole
-      image's. ``None``: the term cannot run tiled (``--tile`` refuses it).
+      ``finish(sums, target, layer_weights, grid)`` the term from the whole
+      image's (``grid.layer_size(layer)``: the whole image's map sizes).
+      ``None``: the term cannot run tiled (``--tile`` refuses it).
   """
   name: str
   weight_field: str
@@ -225,15 +227,15 @@ def _finish_content(c):
   """Eq. 1 (or jcjohnson's mean) from the whole image's Σ (F - P)²."""
   half = 2.0 if c.loss_form == "gatys" else 1.0
 
-  def finish(sums, target, layer_weights, sizes):
-    del sizes
+  def finish(sums, target, layer_weights, grid):
+    del grid
     return sum(layer_weights[k] * s / (half * target[k].size) for k, s in sums.items())
 
   return finish
 
 
-def _gram_of_sums(sums, k, sizes):
-  h, w = sizes.layer_size(k)
+def _gram_of_sums(sums, k, grid):
+  h, w = grid.layer_size(k)
   return sums[k] / (h * w)
 
 
@@ -246,8 +248,8 @@ def _finish_style(c):
       n = g.shape[-1]
       return losses.jcjohnson_style_loss(g / n, t / n)
 
-  def finish(sums, target, layer_weights, sizes):
-    return sum(layer_weights[k] * of_gram(_gram_of_sums(sums, k, sizes), target[k])
+  def finish(sums, target, layer_weights, grid):
+    return sum(layer_weights[k] * of_gram(_gram_of_sums(sums, k, grid), target[k])
                for k in sums)
 
   return finish
@@ -337,10 +339,10 @@ register(Term(
 
 def _finish_attention(c):
   """Eq. 7 from the whole image's Σ f fᵀ and Σ f: gram(F - F̄) = Σ f fᵀ/n - F̄ F̄ᵀ."""
-  def finish(sums, target, layer_weights, sizes):
+  def finish(sums, target, layer_weights, grid):
     out = 0.0
     for k, (gram_sum, total) in sums.items():
-      h, w = sizes.layer_size(k)
+      h, w = grid.layer_size(k)
       g = gram_sum / (h * w)
       if c.attention_gram == "centered":
         mean = total / (h * w)

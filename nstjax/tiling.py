@@ -104,6 +104,11 @@ class Grid:
     i, j = self.place(t)
     return i * self.tile_h - self.halo, j * self.tile_w - self.halo
 
+  def layer_size(self, layer: str) -> tuple[int, int]:
+    """The whole image's map size at ``layer``."""
+    s = 2 ** layer_level(layer)
+    return self.height // s, self.width // s
+
   def describe(self) -> dict:
     return {"tile": [self.tile_h, self.tile_w], "grid": [self.rows, self.cols],
             "halo": self.halo, "window": list(self.window)}
@@ -149,17 +154,12 @@ class TileView:
   def __init__(self, grid: Grid, t, feats: dict[str, Array]):
     self.grid, self.t, self.feats = grid, t, feats
 
-  def layer_size(self, layer: str) -> tuple[int, int]:
-    """The whole image's map size at ``layer``."""
-    s = 2 ** layer_level(layer)
-    return self.grid.height // s, self.grid.width // s
-
   def mask(self, layer: str) -> Array:
     """(h, w, 1) float32 in window cells: 1 on the tile's core inside the image, else 0."""
     s = 2 ** layer_level(layer)
     g = self.grid
     i, j = g.place(self.t)
-    size = self.layer_size(layer)
+    size = g.layer_size(layer)
 
     def axis(k, tile, n, limit):
       index = jnp.arange(n) + (k * tile - g.halo) // s
@@ -236,8 +236,7 @@ def assembled_features(net, image: Array, grid: Grid, *, layers, pooling, input_
     return new
 
   out = lax.fori_loop(0, grid.count, body, out)
-  sizes = TileView(grid, 0, {})
-  return {k: v[:sizes.layer_size(k)[0], :sizes.layer_size(k)[1]] for k, v in out.items()}
+  return {k: v[:grid.layer_size(k)[0], :grid.layer_size(k)[1]] for k, v in out.items()}
 
 
 def gram_sums(net, image: Array, grid: Grid, *, layers, pooling, input_scale=None,
@@ -260,7 +259,7 @@ def tiled_network_terms(grid: Grid, layers, stats_fns, finish_fns, *, pooling, i
   evaluated tile by tile, with the untiled gradient (a ``jax.custom_vjp``).
 
   ``stats_fns[name](view, target)`` returns the tile's sums; ``finish_fns[name](stats,
-  target, layer_weights, view_of_sizes)`` the term from the whole image's sums.
+  target, layer_weights, grid)`` the term from the whole image's sums.
   """
   def tile_stats(win, t, net, targets):
     feats = vgg.features(net, win, layers=layers, pooling=pooling, input_scale=input_scale,
@@ -275,10 +274,8 @@ def tiled_network_terms(grid: Grid, layers, stats_fns, finish_fns, *, pooling, i
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(one, 0))
     return sum_over_tiles(one, grid, zeros)
 
-  sizes = TileView(grid, 0, {})
-
   def finish(stats, targets, layer_weights):
-    return {name: jnp.asarray(fn(stats[name], targets[name], layer_weights[name], sizes),
+    return {name: jnp.asarray(fn(stats[name], targets[name], layer_weights[name], grid),
                               jnp.float32)
             for name, fn in finish_fns.items()}
 

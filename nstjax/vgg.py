@@ -22,6 +22,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from nstjax.errors import NSTError
 
 Array = jax.Array
@@ -341,7 +342,8 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
     if not wanted:
       return out
     level += 1
-    x = inside(pool2x2(x, pooling), level)
+    # The name lets a jax.checkpoint policy keep only the blocks' outputs (bench/remat.py).
+    x = checkpoint_name(inside(pool2x2(x, pooling), level), f"pool{block}")
     tap(f"pool{block}", x)
   return out
 
