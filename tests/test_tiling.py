@@ -104,19 +104,19 @@ def test_tiled_run_follows_the_untiled_one(tiny_net):
 def test_tiled_step_holds_less_and_max_memory_chooses_the_tile():
   """XLA's own memory analysis of the compiled step: one window's activations, not the image's
   (a network wide enough for its activations to dominate; compiled only, never run). Under a
-  budget the untiled step exceeds, --max-memory's plan halves the tile until it fits."""
+  budget the untiled step exceeds, --max-memory's plan tiles."""
   from nstjax import plan
   net = vgg.random_params(jax.random.key(0), "vgg19", widths=(16, 16, 32, 32, 32))
-  big = smooth_image(512, 512, 5)
-  config = StyleConfig(size=512, lbfgs_memory=5)
+  big = smooth_image(256, 256, 5)
+  config = StyleConfig(size=256, lbfgs_memory=5, **SHALLOW)
   untiled = plan.make_plan(net, big, STYLE, config)["plan"][0]
   budget = int(0.8 * untiled["estimated_peak_bytes"])
   fitted, fitted_plan, measures = plan.fit(net, big, STYLE, config, budget)
   tiled = fitted_plan["plan"][0]
   assert measures == ["tiling: tiles of 128 px (exact; more compute)"] and fitted.tile == 128
   assert tiled["estimated_peak_bytes"] <= budget
-  assert tiled["temp_bytes"] < 0.6 * untiled["temp_bytes"]   # measured: 0.56
-  assert tiled["tile"]["grid"] == [4, 4] and tiled["tile"]["halo"] == 80
+  assert tiled["temp_bytes"] < 0.7 * untiled["temp_bytes"]   # measured: 0.56 (jax 0.7: 0.59)
+  assert tiled["tile"]["grid"] == [2, 2] and tiled["tile"]["halo"] == 12
   assert untiled["tile"] is None
 
 
