@@ -325,18 +325,16 @@ def start_state(prepared: Prepared, start=None) -> optim.State:
                      f"{start.image.shape[0]} image, this run's is "
                      f"{prepared.content.shape[1]}x{prepared.content.shape[0]}")
     state = jax.tree.map(jnp.copy, start)   # the step donates opt_state; keep the caller's
-    if prepared.config.shard == "spatial":
-      state = spatial.place(state, spatial.make_mesh(), start.image.shape)
-    return state
-  if start is None:
-    image = initial_image(prepared)
   else:
-    image = jnp.asarray(nimage.as_rgb(start, "start image"))
-    if image.shape != prepared.content.shape:
-      image = jax.image.resize(image, prepared.content.shape, "linear")
-  state = optim.init_state(prepared.config.static_key(), image, terms=prepared.weights)
+    if start is None:
+      image = initial_image(prepared)
+    else:
+      image = jnp.asarray(nimage.as_rgb(start, "start image"))
+      if image.shape != prepared.content.shape:
+        image = jax.image.resize(image, prepared.content.shape, "linear")
+    state = optim.init_state(prepared.config.static_key(), image, terms=prepared.weights)
   if prepared.config.shard == "spatial":
-    state = spatial.place(state, spatial.make_mesh(), image.shape)
+    state = spatial.place(state, spatial.make_mesh(), prepared.content.shape)
   return state
 
 

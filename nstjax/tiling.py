@@ -199,10 +199,16 @@ class TileView:
                              g.halo // s:(g.halo + g.tile_w) // s]
 
 
-def _window_features(net, padded, grid, t, *, layers, pooling, input_scale, precision):
-  return vgg.features(net, window(padded, grid, t), layers=layers, pooling=pooling,
-                      input_scale=input_scale, precision=precision, origin=grid.origin(t),
+def window_features(net, win: Array, grid: Grid, t, *, layers, pooling, input_scale=None,
+                    precision="tf32") -> dict[str, Array]:
+  """``vgg.features`` of tile ``t``'s window ``win`` (exact on its core)."""
+  return vgg.features(net, win, layers=layers, pooling=pooling, input_scale=input_scale,
+                      precision=precision, origin=grid.origin(t),
                       extent=(grid.height, grid.width))
+
+
+def _window_features(net, padded, grid, t, **kw):
+  return window_features(net, window(padded, grid, t), grid, t, **kw)
 
 
 def sum_over_tiles(fn, grid: Grid, init):
@@ -262,10 +268,8 @@ def tiled_network_terms(grid: Grid, layers, stats_fns, finish_fns, *, pooling, i
   target, layer_weights, grid)`` the term from the whole image's sums.
   """
   def tile_stats(win, t, net, targets):
-    feats = vgg.features(net, win, layers=layers, pooling=pooling, input_scale=input_scale,
-                         precision=precision, origin=grid.origin(t),
-                         extent=(grid.height, grid.width))
-    view = TileView(grid, t, feats)
+    view = TileView(grid, t, window_features(net, win, grid, t, layers=layers, pooling=pooling,
+                                             input_scale=input_scale, precision=precision))
     return {name: fn(view, targets[name]) for name, fn in stats_fns.items()}
 
   def pass1(image, net, targets):
@@ -322,4 +326,5 @@ def extra_compute(grid: Grid) -> float:
 
 
 __all__ = ["Grid", "TileView", "assembled_features", "extra_compute", "gram_sums", "layer_level",
-           "make_grid", "pad", "receptive_field", "tiled_network_terms", "window"]
+           "make_grid", "pad", "receptive_field", "tiled_network_terms", "window",
+           "window_features"]
