@@ -59,17 +59,25 @@ def main():
     before = sum(x["seconds"] for x in multi.summary.get("scales", [])[:-1])
     reached = next((before + t["seconds"] for t in multi.trace
                     if t.get("scale", 0) == last_scale and t["losses"]["total"] <= target), None)
+    final = multi.summary["losses"]["total"]
+    # And the other way round: seconds the single-scale run took to reach the multi's final loss.
+    single_reached = next((t["seconds"] for t in single.trace if t["losses"]["total"] <= final), None)
     rows.append({
         "content": content, "style": style, "size": args.size,
         "single": {"steps": args.single, "loss": target, "seconds": single.summary["seconds"],
                    "compile_seconds": single.summary["compile_seconds"],
-                   "wall_seconds": round(out["single"][1], 2)},
+                   "wall_seconds": round(out["single"][1], 2),
+                   "seconds_to_reach_multi_loss": single_reached,
+                   "trace": [[t["iteration"], round(t["seconds"], 2), round(t["losses"]["total"], 1)]
+                             for t in single.trace[::5]]},
         "multi": {"scales": [{k: x[k] for k in ("size", "iterations", "evaluations", "seconds")}
                              for x in multi.summary["scales"]],
                   "loss": multi.summary["losses"]["total"], "seconds": multi.summary["seconds"],
                   "compile_seconds": multi.summary["compile_seconds"],
                   "wall_seconds": round(out["multi"][1], 2),
-                  "seconds_to_reach_single_loss": reached},
+                  "seconds_to_reach_single_loss": reached,
+                  "trace": [[t["iteration"], t.get("scale", 0), round(t["seconds"], 2),
+                             round(t["losses"]["total"], 1)] for t in multi.trace[::5]]},
         "loss_ratio_multi_over_single": multi.summary["losses"]["total"] / target,
         "time_ratio_multi_over_single": multi.summary["seconds"] / single.summary["seconds"],
         "wall_ratio_multi_over_single": out["multi"][1] / out["single"][1],

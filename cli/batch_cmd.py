@@ -11,26 +11,12 @@ from typing import Optional
 
 import typer
 
-from nstjax.cli.common import (BIT_DEPTH_OPTION, PRESET_OPTION, STOP, WEIGHTS_OPTION, apply_preset,
-                               enable_compilation_cache, guarded_compilation_cache, load_net, say)
+from nstjax.cli.common import (BIT_DEPTH_OPTION, COORDINATOR_OPTION, NUM_PROCESSES_OPTION,
+                               PRESET_OPTION, PROCESS_ID_OPTION, STOP, WEIGHTS_OPTION, apply_preset,
+                               enable_compilation_cache, guarded_compilation_cache, init_distributed,
+                               load_net, say)
 from nstjax.cli.options import config_options, explicit
 from nstjax.errors import NSTError
-
-
-def _init_distributed(coordinator, num_processes, process_id):
-  """jax.distributed from flags, else from the environment (Slurm, Open MPI, Cloud TPU, JAX_* vars)."""
-  import jax
-  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-  num_processes = num_processes if num_processes is not None else (
-      int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None)
-  process_id = process_id if process_id is not None else (
-      int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
-  try:
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=120)
-  except (RuntimeError, ValueError) as e:
-    raise NSTError(f"cannot initialise jax.distributed: {e}") from None
-  return jax.process_index(), jax.process_count()
 
 
 def contact_sheet(path: Path, entries, thumb=192):
@@ -70,10 +56,11 @@ def batch(
     traces: bool = typer.Option(False, help="Also write <job>.trace.json: every step's losses "
                                             "(as stylize --trace)."),
     contact_sheet_path: Optional[Path] = typer.Option(None, "--contact-sheet", help="Also draw a labelled grid of the results."),
-    distributed: bool = typer.Option(False, help="Initialise jax.distributed; each process takes its share of the jobs."),
-    coordinator: Optional[str] = typer.Option(None, help="Coordinator host:port (else JAX_COORDINATOR_ADDRESS / cluster detection)."),
-    num_processes: Optional[int] = typer.Option(None, help="Process count (else environment)."),
-    process_id: Optional[int] = typer.Option(None, help="This process's index (else environment)."),
+    distributed: bool = typer.Option(False, help="Initialise jax.distributed; each process takes its "
+                                                 "share of the jobs (--shard spatial jobs: all of them, together)."),
+    coordinator: Optional[str] = COORDINATOR_OPTION,
+    num_processes: Optional[int] = NUM_PROCESSES_OPTION,
+    process_id: Optional[int] = PROCESS_ID_OPTION,
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
     config_values: dict = None,
 ):
@@ -120,8 +107,12 @@ def batch(
     raise NSTError(f"output folder {outdir} is not writable")
   pid, nproc = 0, 1
   if distributed:
-    pid, nproc = _init_distributed(coordinator, num_processes, process_id)
-  mine = job_list[pid::nproc]
+    pid, nproc = init_distributed(coordinator, num_processes, process_id)
+  def together(job):   # a --shard spatial job across processes: all of them step its image
+    return nproc > 1 and not job["error"] and job["overrides"].get("shard", base.shard) == "spatial"
+
+  share = set([j["name"] for j in job_list if not together(j)][pid::nproc])   # the others shared out
+  mine = [j for j in job_list if together(j) or j["name"] in share]
 
   import nstjax
   from nstjax import files
@@ -131,16 +122,20 @@ def batch(
   if preset is not None:
     base = apply_preset(preset, base, net, explicit(ctx))
 
+  from nstjax import spatial
   records, runnable = {}, []
   for job in mine:
     out = outdir / f"{job['name']}.png"
     rec = {"name": job["name"], "content": job["content"], "style": job["style"],
            "overrides": job["overrides"], "output": str(out), "process": pid}
-    records[job["name"]] = rec
+    shared = together(job)
+    if pid == 0 or not shared:   # a shared job is process 0's to record and write
+      records[job["name"]] = rec
     if job["error"]:
       rec.update(status="failed", reason=job["error"])
       continue
-    if out.exists() and not overwrite:
+    exists = spatial.agree_first(out.exists()) if shared else out.exists()   # process 0's word
+    if exists and not overwrite:
       rec.update(status="skipped", reason="output exists (use --overwrite)")
       continue
     try:
@@ -153,7 +148,9 @@ def batch(
   def write(i, result):
     """Writes one job's files as soon as the library hands over its result."""
     job, cfg = runnable[i]
-    rec = records[job["name"]]
+    rec = records.get(job["name"])
+    if rec is None:   # another process writes this shared job
+      return
     rec.update(status="done" if result.status == "done" else "failed", reason=result.reason)
     if result.image is None:
       return

@@ -212,3 +212,24 @@ BIT_DEPTH_OPTION = typer.Option(8, "--bit-depth", metavar="8|16",
                                      "precision (.png or .tif).")
 WEIGHTS_OPTION = typer.Option(None, help="Weights: a source name (nstjax weights list) or a converted "
                                          ".h5 file. Default: VGG19, fetched on first use.")
+
+
+def init_distributed(coordinator, num_processes, process_id):
+  """jax.distributed from flags, else from the environment (Slurm, Open MPI, Cloud TPU, JAX_* vars)."""
+  import jax
+  coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  num_processes = num_processes if num_processes is not None else (
+      int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ else None)
+  process_id = process_id if process_id is not None else (
+      int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id, initialization_timeout=120)
+  except (RuntimeError, ValueError) as e:
+    raise NSTError(f"cannot initialise jax.distributed: {e}") from None
+  return jax.process_index(), jax.process_count()
+
+
+COORDINATOR_OPTION = typer.Option(None, help="Coordinator host:port (else JAX_COORDINATOR_ADDRESS / cluster detection).")
+NUM_PROCESSES_OPTION = typer.Option(None, help="Process count (else environment).")
+PROCESS_ID_OPTION = typer.Option(None, help="This process's index (else environment).")

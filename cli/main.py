@@ -15,9 +15,11 @@ from typing import Optional
 import typer
 
 from nstjax.cli import batch_cmd
-from nstjax.cli.common import (BIT_DEPTH_OPTION, EXIT_ERROR, PRESET_OPTION, STOP, WEIGHTS_OPTION, Bar,
+from nstjax.cli.common import (BIT_DEPTH_OPTION, COORDINATOR_OPTION, EXIT_ERROR, NUM_PROCESSES_OPTION,
+                               PRESET_OPTION, PROCESS_ID_OPTION, STOP, WEIGHTS_OPTION, Bar,
                                apply_preset, check_json_writable, enable_compilation_cache, err,
-                               guarded_compilation_cache, load_net, read_run_file, run_record, say)
+                               guarded_compilation_cache, init_distributed, load_net, read_run_file,
+                               run_record, say)
 from nstjax.cli.options import cli_default, config_options, explicit
 from nstjax.cli.signals import Stopped, stoppable
 from nstjax.config import INITS, per_job_fields
@@ -80,6 +82,12 @@ def stylize(
                                              "under SIZE (e.g. 8GB; auto: the device's memory or the "
                                              "free RAM): a smaller L-BFGS history if needed, else refuse."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar."),
+    distributed: bool = typer.Option(False, help="With --shard spatial: one image over every "
+                                                 "process's devices (jax.distributed; run the same "
+                                                 "command on every host; process 0 writes)."),
+    coordinator: Optional[str] = COORDINATOR_OPTION,
+    num_processes: Optional[int] = NUM_PROCESSES_OPTION,
+    process_id: Optional[int] = PROCESS_ID_OPTION,
     config_values: dict = None,
 ):
   """Stylise CONTENT with STYLE and write the result to OUTPUT."""
@@ -105,6 +113,11 @@ def stylize(
   from nstjax import image as nimage
   if output is None and not dry_run:
     raise NSTError("give -o/--output (the image to write), or --dry-run for the memory plan only")
+  if distributed and config.shard != "spatial":
+    raise NSTError("--distributed spreads one image over every process's devices: it needs "
+                   "--shard spatial (many images over many hosts: nstjax batch --distributed)")
+  if distributed and (dry_run or max_memory is not None):
+    raise NSTError("--dry-run and --max-memory plan for one process: use them without --distributed")
   if output is None:
     output = Path("dry-run.png")   # never written: only names intermediates in the checks
   else:
@@ -126,6 +139,10 @@ def stylize(
                        {"output": output, "summary": summary, "trace": trace, "plot": plot,
                         **{f"--save-every image {p.name}": p for p in intermediates}})
 
+  writer = True   # only process 0 writes and speaks when several processes share the image
+  if distributed:
+    writer = init_distributed(coordinator, num_processes, process_id)[0] == 0
+    quiet = quiet or not writer
   from nstjax.pipeline import style_list
   content_img = nimage.load_image(content)
   style_imgs = [nimage.load_image(s) for s in style_list(styles)]
@@ -161,7 +178,8 @@ def stylize(
                       loss_weights=loss_weights)
 
   def save(img, path=output, **state):
-    nimage.save_image(img, path, metadata={**record, **state}, bit_depth=bit_depth)
+    if writer:
+      nimage.save_image(img, path, metadata={**record, **state}, bit_depth=bit_depth)
 
   with Bar(total_steps, quiet) as bar:
     def callback(p):
@@ -183,6 +201,10 @@ def stylize(
       raise
   s = result.summary
   save(result.image, status=result.status, iterations_done=s["iterations"])
+  if not writer:
+    if result.status == "interrupted":
+      raise typer.Exit(STOP.exit_code)
+    return
   if summary is not None:
     files.write_json(summary, {**s, **record, "output": str(output)})
   if trace is not None:

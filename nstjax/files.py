@@ -65,6 +65,51 @@ def deferred_stop_signals():
       swapped[signum](signum, frame)
 
 
+@contextlib.contextmanager
+def agreed_stop_signals(agree):
+  """Stop signals are recorded in the block and acted on only where every process agrees.
+
+  For processes that step one image together (``--shard spatial`` across
+  hosts): one stopping alone would leave the others waiting in a collective.
+  Handlers are swapped for a recorder (main thread only); the block gets a
+  ``check()`` to call where all processes are at the same point (after each
+  compiled call): it asks ``agree(signum or 0)`` (a collective returning the
+  largest over the processes) and, if any process received a stop signal,
+  every process calls its own handler for that signal, as if it had received
+  it. A signal received after the last check is delivered when the block ends.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield lambda: None
+    return
+  received = []
+  swapped = {}
+  for sig in _STOP_SIGNALS:
+    handler = signal.getsignal(sig)
+    if callable(handler):
+      swapped[sig] = handler
+      signal.signal(sig, lambda signum, frame: received.append(signum))
+
+  def restore():
+    for sig, handler in swapped.items():
+      signal.signal(sig, handler)
+
+  def check():
+    signum = agree(received[0] if received else 0)
+    if signum:
+      received.clear()
+      restore()
+      if signum not in swapped:
+        raise KeyboardInterrupt
+      swapped[signum](signum, None)
+
+  try:
+    yield check
+  finally:
+    restore()
+  if received:
+    swapped[received[0]](received[0], None)
+
+
 def atomic_write(path, write, suffix: str = "") -> Path:
   """Calls ``write(tmp)`` on a temporary path beside ``path``, then renames it onto ``path``.
 

@@ -18,6 +18,7 @@ call these.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -283,7 +284,7 @@ def terms_program(prepared: Prepared, image):
 def finish_image(prepared: Prepared, image) -> np.ndarray:
   """The optimised image as the user gets it: clipped, with the content's chroma in the
   ``post`` and ``luminance`` colour modes."""
-  image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+  image = np.clip(spatial.to_host(image).astype(np.float32), 0.0, 1.0)
   if prepared.config.preserve_colors in ("post", "luminance"):
     image = ncolour.transfer_chroma(image, prepared.colours)
   return image
@@ -329,6 +330,7 @@ def start_state(prepared: Prepared, start=None) -> optim.State:
     if start is None:
       image = initial_image(prepared)
     else:
+      start = spatial.to_host(start) if isinstance(start, jax.Array) else start
       image = jnp.asarray(nimage.as_rgb(start, "start image"))
       if image.shape != prepared.content.shape:
         image = jax.image.resize(image, prepared.content.shape, "linear")
@@ -448,79 +450,90 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
   offset, overall = progress_offset
   overall = overall or iterations
   good = state.image
+  # One image over several processes: they stop together, after the same call.
+  multi = config.shard == "spatial" and spatial.multiprocess()
+  stop_guard = (files.agreed_stop_signals(spatial.agree_max) if multi
+                else contextlib.nullcontext(lambda: None))
   t_loop = time.perf_counter()
-  try:
-    while done < iterations:
-      left = iterations - done
-      if image_every:
-        left = min(left, image_every - (offset + done) % image_every)
-      n = k if left >= k else 1
-      if n not in programs_k:
-        programs_k[n], seconds = steps_program(prepared, state, n)
-        compile_seconds += seconds
-      t_call = time.perf_counter()
-      # The call donates the optimiser state: the new state is kept at once (an
-      # interrupt while waiting for the results below must not leave `state`
-      # pointing at donated buffers); `pending` counts its steps until replayed.
-      with files.deferred_stop_signals():
-        new_state, metrics, call_good = programs_k[n](prepared.net, state.image,
-                                                      state.opt_state, state.evaluations,
-                                                      prepared.targets, prepared.weights)
-        state, pending = optim.State(*new_state), (done, n)
-      metrics = jax.device_get(metrics)     # one transfer per call
-      if k_auto and done == 1:   # the first call includes warm-up; time the second
-        k = choose_steps_per_call(time.perf_counter() - t_call)
-      losses = np.asarray(metrics["loss"])
-      if np.isfinite(losses[0]):   # else the last finite image is from an earlier call
-        good = call_good
-      for j in range(n):
-        loss = float(losses[j])             # the loss of the image step j started from
-        if not np.isfinite(loss):
-          if done == 0:
-            raise NonFiniteLoss(f"the loss of the initial image is {loss}; check the inputs "
-                                f"and loss weights", iteration=0, image=None)
-          raise NonFiniteLoss(
-              f"loss became {loss} after iteration {done}; keeping the last image with a "
-              f"finite loss (iteration {done - 1}); try smaller loss weights or learning rate",
-              iteration=done - 1, image=np.clip(np.asarray(good), 0, 1))
-        done += 1
-        elapsed = time.perf_counter() - t_loop
-        terms = None
-        if "terms" in metrics:
-          terms = {name: float(v[j]) for name, v in metrics["terms"].items()}
-          terms["total"] = loss
-        trace.append({"iteration": done, "evaluations": int(metrics["evaluations"][j]) - evaluations0,
-                      "seconds": round(elapsed, 5), "losses": terms or {"total": loss}})
-        if callback is not None:
-          last = j == n - 1
-          if terms is None and terms_every and last and (done % terms_every == 0
-                                                         or done == iterations):
-            terms = loss_floats(terms_fn(state.image, *kw), prepared.weights)
-          callback(Progress(iteration=offset + done, iterations=overall,
-                            evaluations=trace[-1]["evaluations"], loss=loss, elapsed=elapsed,
-                            image=state.image if last else None, terms=terms))
-      pending = None
-  except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM/SIGHUP as nstjax.errors.Interrupted
-    status, stopped_by = "interrupted", getattr(e, "name", "SIGINT")
-    if pending is not None:   # the state is past this call's steps, whatever was replayed
-      done = pending[0] + pending[1]
-  seconds = time.perf_counter() - t_loop
+  with stop_guard as check_stop:
+    try:
+      while done < iterations:
+        left = iterations - done
+        if image_every:
+          left = min(left, image_every - (offset + done) % image_every)
+        n = k if left >= k else 1
+        if n not in programs_k:
+          programs_k[n], seconds = steps_program(prepared, state, n)
+          compile_seconds += seconds
+        t_call = time.perf_counter()
+        # The call donates the optimiser state: the new state is kept at once (an
+        # interrupt while waiting for the results below must not leave `state`
+        # pointing at donated buffers); `pending` counts its steps until replayed.
+        with files.deferred_stop_signals():
+          new_state, metrics, call_good = programs_k[n](prepared.net, state.image,
+                                                        state.opt_state, state.evaluations,
+                                                        prepared.targets, prepared.weights)
+          state, pending = optim.State(*new_state), (done, n)
+        metrics = jax.device_get(metrics)     # one transfer per call
+        if k_auto and done == 1:   # the first call includes warm-up; time the second
+          k = choose_steps_per_call(time.perf_counter() - t_call)
+          k = spatial.agree_first(k) if multi else k   # every process calls the same programs
+        losses = np.asarray(metrics["loss"])
+        if np.isfinite(losses[0]):   # else the last finite image is from an earlier call
+          good = call_good
+        for j in range(n):
+          loss = float(losses[j])             # the loss of the image step j started from
+          if not np.isfinite(loss):
+            if done == 0:
+              raise NonFiniteLoss(f"the loss of the initial image is {loss}; check the inputs "
+                                  f"and loss weights", iteration=0, image=None)
+            raise NonFiniteLoss(
+                f"loss became {loss} after iteration {done}; keeping the last image with a "
+                f"finite loss (iteration {done - 1}); try smaller loss weights or learning rate",
+                iteration=done - 1, image=np.clip(spatial.to_host(good), 0, 1))
+          done += 1
+          elapsed = time.perf_counter() - t_loop
+          terms = None
+          if "terms" in metrics:
+            terms = {name: float(v[j]) for name, v in metrics["terms"].items()}
+            terms["total"] = loss
+          trace.append({"iteration": done, "evaluations": int(metrics["evaluations"][j]) - evaluations0,
+                        "seconds": round(elapsed, 5), "losses": terms or {"total": loss}})
+          if callback is not None:
+            last = j == n - 1
+            if terms is None and terms_every and last and (done % terms_every == 0
+                                                           or done == iterations):
+              terms = loss_floats(terms_fn(state.image, *kw), prepared.weights)
+            image = state.image if last else None
+            if multi and last:   # gathered only where asked for (a collective)
+              image = (spatial.to_host(image) if done == iterations or (
+                  image_every and (offset + done) % image_every == 0) else None)
+            callback(Progress(iteration=offset + done, iterations=overall,
+                              evaluations=trace[-1]["evaluations"], loss=loss, elapsed=elapsed,
+                              image=image, terms=terms))
+        pending = None
+        check_stop()
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM/SIGHUP as nstjax.errors.Interrupted
+      status, stopped_by = "interrupted", getattr(e, "name", "SIGINT")
+      if pending is not None:   # the state is past this call's steps, whatever was replayed
+        done = pending[0] + pending[1]
+    seconds = time.perf_counter() - t_loop
 
-  image = optim.accepted_image(config.static_key(), state)
-  final = loss_floats(terms_fn(image, *kw), prepared.weights)
-  if not np.isfinite(final["total"]):
-    # The last step's result was never checked by the loop; its predecessor was.
-    previous = None if done == 0 else np.clip(np.asarray(good), 0, 1)
-    raise NonFiniteLoss(
-        f"the loss of the final image is {final['total']}; keeping the last image "
-        f"with a finite loss (iteration {done - 1})", iteration=done - 1, image=previous)
+    image = optim.accepted_image(config.static_key(), state)
+    final = loss_floats(terms_fn(image, *kw), prepared.weights)
+    if not np.isfinite(final["total"]):
+      # The last step's result was never checked by the loop; its predecessor was.
+      previous = None if done == 0 else np.clip(spatial.to_host(good), 0, 1)
+      raise NonFiniteLoss(
+          f"the loss of the final image is {final['total']}; keeping the last image "
+          f"with a finite loss (iteration {done - 1})", iteration=done - 1, image=previous)
+    finished = finish_image(prepared, image)
   summary = summarise(prepared, status=status, iterations=done,
                       evaluations=int(state.evaluations) - evaluations0, seconds=seconds,
                       compile_seconds=compile_seconds + terms_seconds, initial=initial, final=final,
                       steps_per_call=k,
                       **({"interrupted_by": stopped_by} if stopped_by else {}))
-  return Result(image=finish_image(prepared, image), status=status, summary=summary,
-                state=state, trace=trace)
+  return Result(image=finished, status=status, summary=summary, state=state, trace=trace)
 
 
 AUTO_SMALLEST = 128   # auto scales: halve the size down to this (crowsonkb starts at 128)

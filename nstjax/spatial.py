@@ -10,6 +10,14 @@ halos between neighbouring devices (collective-permutes) and all-reduces the
 Grams' and the L-BFGS dot products' partial sums; nothing image-sized is
 gathered (tested on the compiled program). The step's outputs are constrained
 to the same layout, so one compiled program serves every call.
+
+Across hosts (``jax.distributed`` initialised first: ``nstjax stylize
+--distributed``), the mesh is every process's devices: each process holds its
+own rows, every process runs the same loop and calls the same programs in the
+same order, and the few decisions a process could take alone (steps per call,
+stopping on a signal) are agreed first (:func:`agree_max`,
+:func:`agree_first`). Only :func:`to_host` gathers the whole image: for the
+result, a snapshot, the next scale's start.
 """
 
 from __future__ import annotations
@@ -62,9 +70,47 @@ def _sharding(x, mesh, image_shape):
   return NamedSharding(mesh, s)
 
 
+def multiprocess() -> bool:
+  """Whether this run spans several processes (``jax.distributed`` initialised with more than one)."""
+  return jax.process_count() > 1
+
+
+def _put(x, sharding):
+  if sharding.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+    return jax.device_put(x, sharding)   # (a global array already spans the processes)
+  # Across processes each one builds only its own shards, from its copy of ``x``
+  # (every process computed the same value).
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def place(tree, mesh: Mesh, image_shape):
   """``tree``'s arrays put on ``mesh`` in the layout :func:`spec` gives."""
-  return jax.tree.map(lambda x: jax.device_put(x, _sharding(x, mesh, image_shape)), tree)
+  return jax.tree.map(lambda x: _put(x, _sharding(x, mesh, image_shape)), tree)
+
+
+def to_host(x) -> np.ndarray:
+  """``x`` as one host array on every process (a collective when ``x`` spans processes)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def agree_max(value: int) -> int:
+  """The largest of every process's ``value`` (a collective: every process must call it)."""
+  if not multiprocess():
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def agree_first(value: int) -> int:
+  """Process 0's ``value``, on every process (a collective: every process must call it)."""
+  if not multiprocess():
+    return int(value)
+  from jax.experimental import multihost_utils
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def constrain(tree, mesh: Mesh, image_shape):

@@ -114,21 +114,34 @@ def _free_port():
 
 
 def test_two_processes_on_loopback(tmp_path, image_files, tiny_weights_file):
+  """Plain jobs are shared out; shard-spatial jobs are run by both processes together (one
+  image over their 4 devices) and written once, by process 0."""
   content, style = image_files
   port = _free_port()
   cmd = [sys.executable, "-m", "nstjax.cli.main", "batch", "--content", str(content), "--style", str(style),
-         "--sweep", "style-weight=1e2,1e3,1e4", "-o", str(tmp_path / "out"), "--size", "32",
-         "--iterations", "2", "--weights", str(tiny_weights_file), "-q", "--distributed",
+         "--sweep", "style-weight=1e2,1e3", "--sweep", "shard=none,spatial", "-o", str(tmp_path / "out"),
+         "--size", "40", "--iterations", "2", "--weights", str(tiny_weights_file), "-q", "--distributed",
          "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen(cmd + ["--process-id", str(i)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-  outs = [p.communicate(timeout=240) for p in procs]
+  try:
+    outs = [p.communicate(timeout=240) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
   assert [p.returncode for p in procs] == [0, 0], outs
   summary = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
-  assert summary["processes"] == 2 and summary["counts"]["done"] == 3
-  assert sorted(j["process"] for j in summary["jobs"]) == [0, 0, 1]
-  assert len(list((tmp_path / "out").glob("*.png"))) == 3
+  assert summary["processes"] == 2 and summary["counts"]["done"] == 4
+  process = {j["name"]: j["process"] for j in summary["jobs"]}
+  spatial = [n for n in process if "spatial" in n]
+  assert len(process) == 4 and len(spatial) == 2
+  assert sorted(process[n] for n in process if n not in spatial) == [0, 1]
+  assert all(process[n] == 0 for n in spatial)
+  for n in spatial:
+    assert json.loads((tmp_path / "out" / f"{n}.json").read_text())["shard"]["devices"] == 4
+  assert len(list((tmp_path / "out").glob("*.png"))) == 4
 
 
 def test_failure_isolation_and_resume(tmp_path, image_files, tiny_weights_file, capsys):

@@ -98,3 +98,88 @@ def test_cli_and_batch_shard_spatial(tmp_path, image_files, tiny_weights_file):
     assert proc.returncode == 0, proc.stderr
   assert json.loads(summary.read_text())["shard"]["devices"] == 2
   assert json.loads((tmp_path / "b" / "j.json").read_text())["shard"]["mode"] == "spatial"
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(tmp_path, content, style, weights, extra, outputs):
+  """The same stylize command in two processes of 2 forced CPU devices each (4 in all; the
+  40 px content is 32 rows, 8 per device)."""
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  return [subprocess.Popen(
+      [sys.executable, "-c", CLI.format(tests=str(HERE)), "stylize", str(content), str(style),
+       "-o", str(outputs[i]), "--weights", str(weights), "--size", "40", "-q", "--shard", "spatial",
+       "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+       "--process-id", str(i), *extra],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=HERE)
+      for i in range(2)]
+
+
+def test_one_image_over_two_processes_equals_one_process(tmp_path, image_files, tiny_weights_file):
+  """--shard spatial --distributed: 2 processes x 2 devices give one process x 4 devices' run;
+  only process 0 writes."""
+  content, style = image_files
+  args = ["--iterations", "4", "--weights", str(tiny_weights_file), "--size", "40", "-q",
+          "--shard", "spatial"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  one = tmp_path / "one.json"
+  proc = subprocess.run([sys.executable, "-c", CLI.format(tests=str(HERE)), "stylize", str(content),
+                         str(style), "-o", str(tmp_path / "one.png"), "--summary", str(one), *args],
+                        capture_output=True, text=True, env=env, cwd=HERE)
+  assert proc.returncode == 0, proc.stderr
+  outputs = [tmp_path / "p0.png", tmp_path / "p1.png"]
+  procs = _two_processes(tmp_path, content, style, tiny_weights_file,
+                         ["--iterations", "4", "--summary", str(tmp_path / "two.json")], outputs)
+  try:
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert outputs[0].exists() and not outputs[1].exists()
+  a, b = json.loads(one.read_text()), json.loads((tmp_path / "two.json").read_text())
+  assert a["shard"]["devices"] == b["shard"]["devices"] == 4
+  assert abs(b["initial_losses"]["total"] - a["initial_losses"]["total"]) <= 1e-5 * a["initial_losses"]["total"]
+  assert abs(b["losses"]["total"] - a["losses"]["total"]) <= 1e-3 * a["losses"]["total"]
+  from nstjax.image import load_image
+  import numpy as np
+  assert np.max(np.abs(load_image(outputs[0]) - load_image(tmp_path / "one.png"))) <= 2 / 255
+
+
+def test_a_stop_signal_to_one_process_stops_both_with_the_image(tmp_path, image_files,
+                                                                 tiny_weights_file):
+  """SIGTERM to process 1 alone: both processes stop after the same call (no one left waiting
+  in a collective), exit 143, and process 0 writes the current image and summary."""
+  import signal
+  import time
+  content, style = image_files
+  outputs = [tmp_path / "p0.png", tmp_path / "p1.png"]
+  summary = tmp_path / "two.json"
+  procs = _two_processes(tmp_path, content, style, tiny_weights_file,
+                         ["--iterations", "100000", "--save-every", "5", "--summary", str(summary)],
+                         outputs)
+  try:
+    deadline = time.time() + 240
+    while not (tmp_path / "p0_00005.png").exists():   # running: process 0's first snapshot
+      assert time.time() < deadline and all(p.poll() is None for p in procs), \
+          [p.communicate() for p in procs]
+      time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs
+  finally:   # a failure must not leave processes waiting in a collective
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  s = json.loads(summary.read_text())
+  assert s["status"] == "interrupted" and s["interrupted_by"] == "SIGTERM"
+  assert 5 <= s["iterations"] < 100000
+  assert outputs[0].exists() and not outputs[1].exists()
+  assert not list(tmp_path.glob("p1*"))   # process 1 wrote no snapshot either
