@@ -74,9 +74,14 @@ def worker(args):
       "device": r.summary["device"], "jax": jax.__version__}))
 
 
+def steps(args, size):
+  """Timed steps: ``--steps``, else a count per size (more than 100 fills both L-BFGS histories)."""
+  return args.timed_steps or STEPS.get(size, 10)
+
+
 def run_peer(args, size, optimizer):
   cmd = [args.peer_python, str(Path(args.peer_dir) / "gatys.py"), "--weights", args.weights_path,
-         "--size", str(size), "--steps", str(STEPS.get(size, 10)), "--threads", str(args.threads),
+         "--size", str(size), "--steps", str(steps(args, size)), "--threads", str(args.threads),
          "--content", str(CONTENT), "--style", str(STYLE),
          "--optimizer", "lbfgs" if optimizer.startswith("lbfgs") else optimizer,
          "--pooling", args.pooling, "--alpha", str(args.alpha), "--beta", str(args.beta)]
@@ -88,7 +93,7 @@ def run_peer(args, size, optimizer):
 
 def run_ours(args, size, optimizer):
   cmd = [sys.executable, __file__, "--worker", "--weights", args.weights_path, "--size", str(size),
-         "--steps", str(STEPS.get(size, 10)), "--optimizer", optimizer, "--pooling", args.pooling,
+         "--steps", str(steps(args, size)), "--optimizer", optimizer, "--pooling", args.pooling,
          "--alpha", str(args.alpha), "--beta", str(args.beta),
          "--lbfgs-memory", str(args.lbfgs_memory)]
   if args.compile_cache:
@@ -106,6 +111,8 @@ def main():
   ap.add_argument("--warmup", type=int, default=2, help=argparse.SUPPRESS)
   ap.add_argument("--optimizer", default="lbfgs", help=argparse.SUPPRESS)
   ap.add_argument("--sizes", default="128,256,512")
+  ap.add_argument("--timed-steps", type=int, default=None,
+                  help="timed steps per run, both sides (default: 30, 20, 10 at 128, 256, 512 px)")
   ap.add_argument("--optimizers", default="lbfgs,adam")
   ap.add_argument("--reps", type=int, default=1)
   ap.add_argument("--weights", default=None, help="source name or converted file (default: cached VGG19)")
@@ -159,6 +166,7 @@ def main():
   print(json.dumps({"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                 "processor": platform.processor()},
                     "weights": args.weights_path, "pooling": args.pooling, "reps": args.reps,
+                    "timed_steps": {s: steps(args, int(s)) for s in args.sizes.split(",")},
                     "summary": summary, "runs": rows}, indent=1))
 
 

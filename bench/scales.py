@@ -1,13 +1,18 @@
 """Coarse-to-fine against single-scale, on the real VGG19, in one invocation.
 
     python bench/scales.py --size 256 --single 90 --top 30 > bench/out/scales_256.json
+    python bench/scales.py --size 1024 --single 60 --top 20 --images DIR \
+        --figure docs/features/scales_1024.jpg > bench/out/scales_1024.json
 
 For each shared example pair: a single-scale run of ``--single`` steps at
 ``--size`` and an ``auto`` coarse-to-fine run whose top scale takes ``--top``
 steps (each scale below twice the next's). Reports the final loss at full
 size, the optimisation seconds (compile excluded; compile reported apart),
 the seconds the coarse-to-fine run took to reach the single-scale run's final
-loss (if it did), and writes both images (``--images DIR``) for the figure.
+loss (if it did) and the single-scale run's seconds to the coarse-to-fine run's
+final loss, and writes both images (``--images DIR``) and a labelled figure of
+them (``--figure PATH``: each image shrunk to ``--panel-width``, then a crop of
+each at full size).
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ def main():
   ap.add_argument("--pairs", type=int, default=1)
   ap.add_argument("--line-search", default="auto")
   ap.add_argument("--images", type=Path, default=None)
+  ap.add_argument("--figure", type=Path, default=None)
+  ap.add_argument("--panel-width", type=int, default=640)
   args = ap.parse_args()
+  if args.figure and not args.images:
+    ap.error("--figure needs --images")
   import jax
   import nstjax
   from nstjax import image as nimage
@@ -86,6 +95,37 @@ def main():
   print(json.dumps({"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                     "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
                     "line_search": args.line_search, "rows": rows}, indent=1))
+  if args.figure:
+    figure(rows, args.images, args.figure, args.panel_width)
+
+
+def figure(rows, images: Path, path: Path, panel_width: int = 640, crop: int = 256):
+  """Single-scale and coarse-to-fine images side by side, labelled with steps, loss and
+  seconds; under them a ``crop`` px square of each at full size (from the sky, top middle)."""
+  from PIL import Image, ImageDraw
+  tiles = []
+  for row in rows:
+    for name in ("single", "multi"):
+      im = Image.open(images / f"{row['content']}_{row['style']}_{row['size']}_{name}.png").convert("RGB")
+      r = row[name]
+      steps = (f"{r['steps']} steps" if name == "single" else
+               " + ".join(f"{x['iterations']}@{x['size']}" for x in r["scales"]))
+      label = f"{steps}: loss {r['loss']:,.0f}, {r['seconds']:.0f} s"
+      small = im.resize((panel_width, round(im.height * panel_width / im.width)), Image.LANCZOS)
+      x0 = (im.width - crop) // 2
+      tiles.append((label, small, im.crop((x0, 0, x0 + crop, crop))))
+  pad, top = 6, 16
+  width = sum(t[1].width for t in tiles) + pad * (len(tiles) - 1)
+  height = top + max(t[1].height for t in tiles) + pad + crop
+  canvas = Image.new("RGB", (width, height), "white")
+  draw, x = ImageDraw.Draw(canvas), 0
+  for label, small, detail in tiles:
+    draw.text((x + 2, 2), label, fill=(0, 0, 0))
+    canvas.paste(small, (x, top))
+    canvas.paste(detail, (x, top + small.height + pad))
+    x += small.width + pad
+  jpeg = Path(path).suffix.lower() in (".jpg", ".jpeg")
+  canvas.save(path, **({"quality": 92} if jpeg else {}))
 
 
 if __name__ == "__main__":

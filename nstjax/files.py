@@ -35,6 +35,17 @@ def _release(held):
     signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
+def _swap_stop_handlers(recorder) -> dict:
+  """Puts ``recorder`` in place of every stop signal's Python handler; returns the handlers."""
+  swapped = {}
+  for sig in _STOP_SIGNALS:
+    handler = signal.getsignal(sig)
+    if callable(handler):
+      swapped[sig] = handler
+      signal.signal(sig, recorder)
+  return swapped
+
+
 @contextlib.contextmanager
 def deferred_stop_signals():
   """Stop signals (SIGINT, SIGTERM, SIGHUP) with Python handlers wait until the block ends.
@@ -49,12 +60,7 @@ def deferred_stop_signals():
     yield
     return
   received = []
-  swapped = {}
-  for sig in _STOP_SIGNALS:
-    handler = signal.getsignal(sig)
-    if callable(handler):
-      swapped[sig] = handler
-      signal.signal(sig, lambda signum, frame: received.append((signum, frame)))
+  swapped = _swap_stop_handlers(lambda signum, frame: received.append((signum, frame)))
   try:
     yield
   finally:
@@ -82,12 +88,7 @@ def agreed_stop_signals(agree):
     yield lambda: None
     return
   received = []
-  swapped = {}
-  for sig in _STOP_SIGNALS:
-    handler = signal.getsignal(sig)
-    if callable(handler):
-      swapped[sig] = handler
-      signal.signal(sig, lambda signum, frame: received.append(signum))
+  swapped = _swap_stop_handlers(lambda signum, frame: received.append(signum))
 
   def restore():
     for sig, handler in swapped.items():

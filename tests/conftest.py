@@ -78,3 +78,14 @@ def style32():
 def image_files(tmp_path, content32, style32):
   from nstjax.image import save_image
   return save_image(content32, tmp_path / "content.png"), save_image(style32, tmp_path / "style.png")
+
+
+def communicate_all(procs, timeout):
+  """Every process's (stdout, stderr); any still running when this fails is killed (a failed
+  multi-process test must not leave processes waiting in a collective)."""
+  try:
+    return [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()

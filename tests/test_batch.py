@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import nstjax
-from conftest import smooth_image
+from conftest import communicate_all, smooth_image
 from nstjax import NSTError, jobs
 
 HERE = Path(__file__).parent
@@ -125,12 +125,7 @@ def test_two_processes_on_loopback(tmp_path, image_files, tiny_weights_file):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
   procs = [subprocess.Popen(cmd + ["--process-id", str(i)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=240) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  outs = communicate_all(procs, 240)
   assert [p.returncode for p in procs] == [0, 0], outs
   summary = json.loads((tmp_path / "out" / "batch_summary.json").read_text())
   assert summary["processes"] == 2 and summary["counts"]["done"] == 4

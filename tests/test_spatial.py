@@ -1,4 +1,5 @@
-"""--shard spatial: one image over 4 forced CPU devices, the same losses as one device."""
+"""--shard spatial: one image over 4 forced CPU devices (in one process, or two on loopback), the
+same losses as one device."""
 
 import json
 import os
@@ -6,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from conftest import communicate_all
 
 HERE = Path(__file__).resolve().parent
 
@@ -136,12 +139,7 @@ def test_one_image_over_two_processes_equals_one_process(tmp_path, image_files, 
   outputs = [tmp_path / "p0.png", tmp_path / "p1.png"]
   procs = _two_processes(tmp_path, content, style, tiny_weights_file,
                          ["--iterations", "4", "--summary", str(tmp_path / "two.json")], outputs)
-  try:
-    outs = [p.communicate(timeout=300) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  outs = communicate_all(procs, 300)
   assert [p.returncode for p in procs] == [0, 0], outs
   assert outputs[0].exists() and not outputs[1].exists()
   a, b = json.loads(one.read_text()), json.loads((tmp_path / "two.json").read_text())
