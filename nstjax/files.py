@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
-import tempfile
 import threading
 from pathlib import Path
 
@@ -20,19 +20,6 @@ from nstjax.errors import NSTError
 
 _STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
                       if hasattr(signal, n))
-
-
-def _hold_stop_signals():
-  """Blocks the stop signals (main thread, POSIX); returns what to restore."""
-  if (not hasattr(signal, "pthread_sigmask")
-      or threading.current_thread() is not threading.main_thread()):
-    return None
-  return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-
-
-def _release(held):
-  if held is not None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _swap_stop_handlers(recorder) -> dict:
@@ -118,28 +105,21 @@ def atomic_write(path, write, suffix: str = "") -> Path:
   complete) and no partial file. A function, not a context manager, on
   purpose: a signal handler raising at the entry of a ``with`` statement's
   ``__exit__`` would skip the clean-up (one did, in a save-every snapshot).
-  Here the stop signals are held from the creation of the temporary file
-  until the ``try`` that removes it has begun, and every later moment is
-  inside that ``try``.
+  The temporary name is chosen before anything is created, and everything
+  that can create the file is inside the ``try`` that removes it. (Holding
+  the signals instead does not work: in a process with other threads, as
+  every JAX process has, a blocked signal is delivered to another thread and
+  its Python handler still runs in the main thread.)
   """
   path = Path(path)
-  held = _hold_stop_signals()
+  # A short prefix keeps the temporary name within the file system's name limit
+  # (255 bytes) whatever the target's length; the random part keeps it unique.
+  while True:
+    tmp = path.parent / f".{path.name[:48]}.{secrets.token_hex(6)}{suffix[:16]}.part"
+    if not os.path.lexists(tmp):
+      break
   try:
-    # A short prefix keeps the temporary name within the file system's name limit
-    # (255 bytes) whatever the target's length; the random part keeps it unique.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:48]}.", suffix=suffix[:16] + ".part",
-                               dir=path.parent)
-    os.close(fd)
-  except BaseException:
-    _release(held)
-    raise
-  try:
-    _release(held)
-    write(Path(tmp))
-    # mkstemp creates 0600 files; give the result the mode a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    write(tmp)
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
