@@ -33,6 +33,11 @@ def _swap_stop_handlers(recorder) -> dict:
   return swapped
 
 
+def _restore_stop_handlers(swapped: dict) -> None:
+  for sig, handler in swapped.items():
+    signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def deferred_stop_signals():
   """Stop signals (SIGINT, SIGTERM, SIGHUP) with Python handlers wait until the block ends.
@@ -51,8 +56,7 @@ def deferred_stop_signals():
   try:
     yield
   finally:
-    for sig, handler in swapped.items():
-      signal.signal(sig, handler)
+    _restore_stop_handlers(swapped)
     if received:
       signum, frame = received[0]
       swapped[signum](signum, frame)
@@ -77,15 +81,11 @@ def agreed_stop_signals(agree):
   received = []
   swapped = _swap_stop_handlers(lambda signum, frame: received.append(signum))
 
-  def restore():
-    for sig, handler in swapped.items():
-      signal.signal(sig, handler)
-
   def check():
     signum = agree(received[0] if received else 0)
     if signum:
       received.clear()
-      restore()
+      _restore_stop_handlers(swapped)
       if signum not in swapped:
         raise KeyboardInterrupt
       swapped[signum](signum, None)
@@ -93,7 +93,7 @@ def agreed_stop_signals(agree):
   try:
     yield check
   finally:
-    restore()
+    _restore_stop_handlers(swapped)
   if received:
     swapped[received[0]](received[0], None)
 

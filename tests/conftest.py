@@ -89,3 +89,11 @@ def communicate_all(procs, timeout):
     for p in procs:
       if p.poll() is None:
         p.kill()
+
+
+def free_port() -> int:
+  """A TCP port on loopback that nothing listens on now (for jax.distributed's coordinator)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

@@ -4,7 +4,6 @@ failure isolation and resume."""
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 import nstjax
-from conftest import communicate_all, smooth_image
+from conftest import communicate_all, free_port, smooth_image
 from nstjax import NSTError, jobs
 
 HERE = Path(__file__).parent
@@ -107,17 +106,11 @@ def test_sharded_over_four_devices_equals_unsharded(tiny_net, tmp_path):
   np.testing.assert_allclose(np.load(out), np.stack([r.image for r in local]), atol=1e-6)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_on_loopback(tmp_path, image_files, tiny_weights_file):
   """Plain jobs are shared out; shard-spatial jobs are run by both processes together (one
   image over their 4 devices) and written once, by process 0."""
   content, style = image_files
-  port = _free_port()
+  port = free_port()
   cmd = [sys.executable, "-m", "nstjax.cli.main", "batch", "--content", str(content), "--style", str(style),
          "--sweep", "style-weight=1e2,1e3", "--sweep", "shard=none,spatial", "-o", str(tmp_path / "out"),
          "--size", "40", "--iterations", "2", "--weights", str(tiny_weights_file), "-q", "--distributed",

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import communicate_all
+from conftest import communicate_all, free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,17 +103,10 @@ def test_cli_and_batch_shard_spatial(tmp_path, image_files, tiny_weights_file):
   assert json.loads((tmp_path / "b" / "j.json").read_text())["shard"]["mode"] == "spatial"
 
 
-def _free_port():
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _two_processes(tmp_path, content, style, weights, extra, outputs):
   """The same stylize command in two processes of 2 forced CPU devices each (4 in all; the
   40 px content is 32 rows, 8 per device)."""
-  port = _free_port()
+  port = free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
   return [subprocess.Popen(
       [sys.executable, "-c", CLI.format(tests=str(HERE)), "stylize", str(content), str(style),
