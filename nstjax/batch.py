@@ -2,15 +2,18 @@
 over the local devices, each job isolated from the others' failures.
 
 Every job goes through :func:`nstjax.pipeline.prepare` (load, resize,
-validate, size checks, targets); a job that fails there gets a ``"failed"``
-:class:`~nstjax.pipeline.Result` with its reason and the others go on. Jobs
-whose static configuration (:meth:`~nstjax.config.StyleConfig.static_key`),
+validate, size checks, targets; jobs of the same images differing only in loss
+weights, seeds or solver settings share one preparation); a job that fails
+there gets a ``"failed"`` :class:`~nstjax.pipeline.Result` with its reason and
+the others go on. Jobs whose static configuration (:meth:`~nstjax.config.StyleConfig.static_key`),
 step count and argument shapes agree form a group, run as one program: the
 jobs are split over the devices with ``jax.shard_map`` (a 1-D ``data`` mesh;
 the job count is padded to a multiple of the device count and the padding
 discarded), and on each device the jobs are stepped together (``vmap``: one
 batched program, the default for nstjax's L-BFGS and Adam, whose steps have no
 control flow) or one after another (``lax.map``: optax's zoom line search).
+A call takes several steps of every job (as many as fit in about a quarter of
+a second, as for one image), so the losses reach the host once per call.
 Each job keeps its own optimiser state, L-BFGS line search, targets and
 weights; a job whose loss becomes NaN stops there and keeps its last finite
 image (``"non-finite"``) while the others go on.
@@ -36,8 +39,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from nstjax import files, objective, optim, programs, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
-from nstjax.pipeline import (Prepared, Result, finish_image, loss_floats, prepare, run_scales,
-                             start_state, summarise)
+from nstjax.pipeline import (Prepared, Result, choose_steps_per_call, finish_image, initial_image,
+                             loss_floats, make_steps, prepare, run_scales, summarise, targets_key)
 
 Array = jax.Array
 
@@ -73,23 +76,27 @@ def batch_mode(config) -> str:
   return "map" if optim.uses_line_search(config) else "vmap"
 
 
-def _batch_step(static_key, mesh):
-  step = optim.make_step(static_key)
+def _batch_steps(static_key, mesh, k: int):
+  """``k`` steps of every job of a group in one call: each device steps its jobs
+  together (``vmap``) or one after another (``lax.map``), each job's steps in
+  :func:`nstjax.pipeline.make_steps`'s fixed-trip loop (a job whose loss turns
+  non-finite is frozen for the call's remaining steps)."""
+  steps = make_steps(static_key, k)
 
   if batch_mode(static_key) == "vmap":
     def per_device(net, images, opt_states, evaluations, targets, weights):
-      return jax.vmap(lambda *args: step(net, *args))(images, opt_states, evaluations, targets,
-                                                       weights)
+      return jax.vmap(lambda *args: steps(net, *args))(images, opt_states, evaluations, targets,
+                                                        weights)
   else:
     def per_device(net, images, opt_states, evaluations, targets, weights):
-      return jax.lax.map(lambda args: step(net, *args),
+      return jax.lax.map(lambda args: steps(net, *args),
                          (images, opt_states, evaluations, targets, weights))
 
   # check_vma=False: value_and_grad_from_state's lax.cond mixes replicated and
   # per-device values (anchors-jax §1.3e).
   return jax.shard_map(per_device, mesh=mesh,
                        in_specs=(P(), P("data"), P("data"), P("data"), P("data"), P("data")),
-                       out_specs=(P("data"), P("data")), check_vma=False)
+                       out_specs=(P("data"), P("data"), P("data")), check_vma=False)
 
 
 def _batch_terms(static_key):
@@ -99,14 +106,23 @@ def _batch_terms(static_key):
                   in_axes=(0, None, 0, 0))
 
 
+def _batch_init(static_key):
+  """Every job's fresh state from the stacked initial images, made in place on the
+  devices (one job's L-BFGS history at 512 px is 472 MB: no host copy, no stacking)."""
+  return jax.vmap(lambda image, weights: optim.init_state(static_key, image, terms=weights))
+
+
 def run_group(jobs: Sequence[Prepared], *, devices=None,
-              callback: Callable[[int, np.ndarray, float], None] | None = None) -> list[Result]:
+              callback: Callable[[int, np.ndarray, float], None] | None = None,
+              steps_per_call: int | None = None) -> list[Result]:
   """Optimises one group of prepared jobs (equal :func:`group_key`) together.
 
   Args:
     jobs: from :func:`nstjax.pipeline.prepare`, sharing one prepared network.
     devices: devices to shard over (default: ``jax.local_devices()``).
     callback: ``callback(iteration, losses (jobs,), elapsed)`` after every step.
+    steps_per_call: steps per compiled call (every job's); ``None`` chooses, as
+      :func:`nstjax.pipeline.run` does, from the second call's time.
 
   Returns:
     One :class:`~nstjax.pipeline.Result` per job, status ``"done"``,
@@ -118,65 +134,88 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   key = objective.program_key(static)
   devices = tuple(devices if devices is not None else jax.local_devices())
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-  states = [start_state(p) for p in jobs]
   # Pad to a multiple of the device count with copies of the last job (discarded).
   pad = (-n) % len(devices)
   padded = list(jobs) + [jobs[-1]] * pad
-  states += [states[-1]] * pad
   shard = NamedSharding(mesh, P("data"))
   put = lambda trees: jax.device_put(_stack(trees), shard)
   targets, weights = put([p.targets for p in padded]), put([p.weights for p in padded])
-  state = jax.tree.map(jnp.copy, put(states))   # the donated opt_state must not alias the images
+  images = put([initial_image(p) for p in padded])
+  init, init_seconds = programs.compiled(
+      "batch-init", key, lambda: _batch_init(static), (images, weights), devices=devices,
+      out_shardings=shard)
+  state = optim.State(*init(images, weights))
   net = base.net
   terms_fn, terms_seconds = programs.compiled(
       "batch-terms", key, lambda: _batch_terms(static), (state.image, net, targets, weights),
       devices=devices)
   initial = terms_fn(state.image, net, targets, weights)
-  args = (net, state.image, state.opt_state, state.evaluations, targets, weights)
-  step, compile_seconds = programs.compiled("batch-step", key, lambda: _batch_step(static, mesh),
-                                            args, devices=devices, donate_argnums=(2,))
+
+  def program(k):
+    args = (net, state.image, state.opt_state, state.evaluations, targets, weights)
+    return programs.compiled(f"batch-steps{k}", key, lambda: _batch_steps(static, mesh, k),
+                             args, devices=devices, donate_argnums=(2,))
+
+  one, compile_seconds = program(1)
+  calls = {1: one}
+  compile_seconds += init_seconds + terms_seconds
+  k_auto = steps_per_call is None
+  k = 1 if k_auto else max(1, int(steps_per_call))
 
   iterations = base.config.iterations
-  # Images are not donated, so the previous step's device array is the last image
-  # whose loss was checked; it reaches the host only for a job that fails.
-  previous = state.image
-  good = {}                               # failed job -> its last image with a finite loss
+  # Each call returns every job's last image whose loss was finite; a job whose
+  # first loss in a call is not finite takes the previous call's (the images are
+  # not donated). They reach the host only for a job that fails.
+  previous_good = state.image
+  good = {}                             # failed job -> its last image with a finite loss
   failed_at = np.full((n + pad,), -1)
-  status, done = "done", 0
+  status, done, pending = "done", 0, None
   traces = [[] for _ in range(n)]       # one record per step and job (see Result.trace)
   t_loop = time.perf_counter()
   try:
-    for it in range(1, iterations + 1):
+    while done < iterations and np.any(failed_at[:n] < 0):
+      steps_now = k if iterations - done >= k else 1
+      if steps_now not in calls:
+        calls[steps_now], seconds = program(steps_now)
+        compile_seconds += seconds
+      t_call = time.perf_counter()
       with files.deferred_stop_signals():   # the old state's buffers are donated
-        new_state, metrics = step(net, state.image, state.opt_state, state.evaluations,
-                                  targets, weights)
-        checked, previous, state, done = previous, state.image, optim.State(*new_state), it
-      metrics = jax.device_get(metrics)
-      losses = np.asarray(metrics["loss"])
-      elapsed = time.perf_counter() - t_loop
-      for i in range(n):
-        if failed_at[i] < 0 and np.isfinite(losses[i]):
-          rec = {k: float(v[i]) for k, v in metrics.get("terms", {}).items()}
-          traces[i].append({"iteration": it, "evaluations": int(metrics["evaluations"][i]),
-                            "seconds": round(elapsed, 5),
-                            "losses": {**rec, "total": float(losses[i])}})
-      newly = ~np.isfinite(losses) & (failed_at < 0)
+        new_state, metrics, call_good = calls[steps_now](
+            net, state.image, state.opt_state, state.evaluations, targets, weights)
+        state, pending = optim.State(*new_state), (done, steps_now)
+      metrics = jax.device_get(metrics)     # one transfer per call
+      if k_auto and done == 1:   # the first call includes warm-up; time the second
+        k = choose_steps_per_call(time.perf_counter() - t_call)
+      losses = np.asarray(metrics["loss"])  # (jobs, steps)
+      first_bad = np.where(np.isfinite(losses).all(axis=1), -1, np.argmin(np.isfinite(losses), 1))
+      newly = (first_bad >= 0) & (failed_at < 0)
       if newly.any():
-        host = np.asarray(checked)
-        good.update({int(i): host[i] for i in np.flatnonzero(newly)})
-        failed_at[newly] = it - 1
-      if callback is not None:
-        callback(it, losses[:n], time.perf_counter() - t_loop)
-      if not np.any(failed_at[:n] < 0):
-        break
+        this_call, before = np.asarray(call_good), np.asarray(previous_good)
+        for i in np.flatnonzero(newly):
+          good[int(i)] = (this_call if first_bad[i] > 0 else before)[i]
+          failed_at[i] = done + first_bad[i]
+      previous_good = call_good
+      for j in range(steps_now):
+        done += 1
+        elapsed = time.perf_counter() - t_loop
+        for i in range(n):
+          if failed_at[i] < 0 or failed_at[i] >= done:
+            rec = {name: float(v[i, j]) for name, v in metrics.get("terms", {}).items()}
+            traces[i].append({"iteration": done, "evaluations": int(metrics["evaluations"][i, j]),
+                              "seconds": round(elapsed, 5),
+                              "losses": {**rec, "total": float(losses[i, j])}})
+        if callback is not None:
+          callback(done, losses[:n, j], elapsed)
+      pending = None
   except KeyboardInterrupt:
     status = "interrupted"
+    if pending is not None:   # the state is past this call's steps, whatever was replayed
+      done = pending[0] + pending[1]
   seconds = time.perf_counter() - t_loop
   sharding = {"spec": [None if a is None else str(a) for a in state.image.sharding.spec],
               "devices_used": len(state.image.sharding.device_set)}
   final_image = optim.accepted_image(static, state)
   final = np.asarray(final_image)
-  last_checked = np.asarray(previous)
   final_terms = terms_fn(final_image, net, targets, weights)
   evaluations = np.asarray(state.evaluations)
   results = []
@@ -187,13 +226,15 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
     job_status = status
     if failed_at[i] >= 0 or not np.isfinite(final_losses["total"]):
       job_status = "non-finite"
-    image = final[i] if job_status != "non-finite" else good.get(i, last_checked[i])
+    # A final image whose loss is not finite was never checked by the loop: the
+    # last call's last finite image stands in.
+    image = final[i] if job_status != "non-finite" else good.get(i, np.asarray(previous_good)[i])
     summary = summarise(
-        p, status=job_status, iterations=done if failed_at[i] < 0 else int(failed_at[i]),
-        evaluations=int(evaluations[i]), seconds=seconds,
-        compile_seconds=compile_seconds + terms_seconds,
+        # a non-finite job: the iteration of the image kept, as NonFiniteLoss says it
+        p, status=job_status, iterations=done if failed_at[i] < 0 else max(int(failed_at[i]) - 1, 0),
+        evaluations=int(evaluations[i]), seconds=seconds, compile_seconds=compile_seconds,
         initial=loss_floats(row(initial), w), final=final_losses, devices=devices,
-        seconds_note="wall time of the whole group's loop (jobs run together)",
+        steps_per_call=k, seconds_note="wall time of the whole group's loop (jobs run together)",
         batch={"group_size": n, "padded_to": n + pad, "devices": len(devices), **sharding})
     results.append(Result(
         # No per-job state: slicing every job's L-BFGS history out of the group
@@ -213,7 +254,8 @@ def failed(config, reason: str, status: str = "failed") -> Result:
 
 def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None,
                   callback: Callable[[BatchProgress], None] | None = None,
-                  on_result: Callable[[int, Result], None] | None = None) -> list[Result]:
+                  on_result: Callable[[int, Result], None] | None = None,
+                  steps_per_call: int | None = None) -> list[Result]:
   """Stylises many (content, style, config) jobs; groups of same-shape jobs run together.
 
   Args:
@@ -225,6 +267,9 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
     on_result: ``on_result(job index, result)`` as soon as a job has its result
       (failed jobs first, then group by group), so a long batch can write its
       outputs as they finish.
+    steps_per_call: steps per compiled call of a group (``None``: chosen from
+      the second call's time so that a call lasts about a quarter of a second,
+      as for one image); the losses reach the host once per call.
 
   Returns:
     One :class:`~nstjax.pipeline.Result` per job, in input order. A job that
@@ -244,7 +289,7 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
     if on_result is not None:
       on_result(i, result)
 
-  networks, prepared, multiscale = {}, {}, {}
+  networks, prepared, multiscale, shared = {}, {}, {}, {}
   for i, (c, s, cfg) in enumerate(zip(contents, styles, configs)):
     try:
       if not isinstance(cfg, StyleConfig):
@@ -258,7 +303,9 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
         # device): one job at a time
         multiscale[i] = (c, s, cfg, networks[layers])
         continue
-      prepared[i] = prepare(net, c, s, cfg, network=networks[layers])
+      key = targets_key(c, s, cfg)   # a sweep's jobs share one set of images and targets
+      prepared[i] = prepare(net, c, s, cfg, network=networks[layers], like=shared.get(key))
+      shared.setdefault(key, prepared[i])
     except NSTError as e:
       deliver(i, failed(cfg if isinstance(cfg, StyleConfig) else None, str(e)))
   groups: dict = {}
@@ -276,7 +323,8 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
         callback(BatchProgress(group=g, groups=len(groups), iteration=it,
                                iterations=prepared[idx[0]].config.iterations, jobs=len(idx),
                                losses=losses, elapsed=elapsed))
-    results = run_group([prepared[i] for i in idx], devices=devices, callback=cb)
+    results = run_group([prepared[i] for i in idx], devices=devices, callback=cb,
+                        steps_per_call=steps_per_call)
     for i, r in zip(idx, results):
       interrupted = interrupted or r.status == "interrupted"
       deliver(i, r)

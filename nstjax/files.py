@@ -44,7 +44,8 @@ def deferred_stop_signals():
 
   A compiled call that donates its inputs must hand its outputs back before a
   stop request is raised: one raised inside JAX's Python code after the call
-  would lose both the donated state and the new one. Handlers are swapped for
+  would lose both the donated state and the new one; a compilation (on JAX's
+  worker thread) must finish before the process may exit. Handlers are swapped for
   a recorder (main thread only) and the first recorded signal is delivered to
   its own handler when the block ends.
   """

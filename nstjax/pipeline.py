@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -147,8 +148,22 @@ def prepare_images(content, style, config: StyleConfig):
   return content, (out if several else out[0])
 
 
+# Fields that reach the loss weights, the starting image or the solver, never the
+# images or the targets: jobs differing only in these share their preparation.
+NOT_IN_TARGETS = ("content_weight", "style_weight", "tv_weight", "iterations", "init", "seed",
+                  "optimizer", "lr", "line_search", "batch_mode")
+
+
+def targets_key(content, style, config: StyleConfig):
+  """Equal for two jobs whose :func:`prepare` would give the same images and targets
+  (inputs given as paths compare by path, other inputs by identity)."""
+  ident = lambda x: ("path", str(x)) if isinstance(x, (str, os.PathLike)) else ("object", id(x))
+  defaults = {f.name: f.default for f in dataclasses.fields(config) if f.name in NOT_IN_TARGETS}
+  return ident(content), tuple(map(ident, style_list(style))), dataclasses.replace(config, **defaults)
+
+
 def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: bool = True,
-            network: vgg.VGGParams | None = None) -> Prepared:
+            network: vgg.VGGParams | None = None, like: Prepared | None = None) -> Prepared:
   """Validates and prepares one run.
 
   Args:
@@ -160,6 +175,8 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
       already at the working size, as :func:`nstjax.optimize` takes them).
     network: ``net`` already passed through :func:`nstjax.vgg.prepare` for
       this config's layers (batches share one).
+    like: a job prepared from the same inputs with an equal :func:`targets_key`
+      (a sweep over loss weights or seeds): its images and targets are reused.
   """
   if not isinstance(config, StyleConfig):
     raise NSTError(f"config must be a nstjax.StyleConfig, got {type(config).__name__}")
@@ -170,6 +187,11 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
                                        or config.loss_form == "jcjohnson"):
     raise NSTError(f"input scale and loss form jcjohnson apply to Caffe-preprocessed weights; "
                    f"these are {net.preprocessing!r}")
+  if like is not None:
+    check_history_fits(config, like.content.shape[0], like.content.shape[1])
+    return dataclasses.replace(
+        like, config=config, weights=objective.make_weights(config, net.preprocessing, net.normalized),
+        loss_weights=config.loss_weights(net.preprocessing, net.normalized))
   if resize:
     content, style = prepare_images(content, style, config)
   else:

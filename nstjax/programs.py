@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import jax
 
+from nstjax import files
+
 MAX_PROGRAMS = 32
 
 
@@ -58,7 +60,7 @@ _CACHE = _Cache(MAX_PROGRAMS)
 
 
 def compiled(kind: str, static_key, make: Callable[[], Callable], args: tuple, *, devices=None,
-             donate_argnums=()):
+             donate_argnums=(), out_shardings=None):
   """``jax.jit(fn)`` lowered and compiled for ``args``; cached.
 
   Args:
@@ -67,6 +69,8 @@ def compiled(kind: str, static_key, make: Callable[[], Callable], args: tuple, *
     make: returns the function to compile; called only on a miss.
     args: example arguments (their shapes, dtypes and shardings key the entry).
     devices: the devices the program is for (default: the default backend's).
+    donate_argnums, out_shardings: as for ``jax.jit`` (the same for every
+      call of one ``kind``).
 
   Returns:
     ``(compiled, seconds)``: the compiled executable (call it with arguments
@@ -74,7 +78,13 @@ def compiled(kind: str, static_key, make: Callable[[], Callable], args: tuple, *
   """
   devices = tuple(devices) if devices is not None else tuple(jax.devices())
   key = (kind, static_key, signature(args), tuple(str(d) for d in devices))
-  return _CACHE.get(key, lambda: jax.jit(make(), donate_argnums=donate_argnums).lower(*args).compile())
+  jit_kw = {} if out_shardings is None else {"out_shardings": out_shardings}
+  # JAX compiles on a worker thread while this one waits; a stop signal raised
+  # in the wait would leave the compilation running, and the interpreter's exit
+  # then tears the runtime down under it (a segfault). The signal waits for it.
+  with files.deferred_stop_signals():
+    return _CACHE.get(key, lambda: jax.jit(make(), donate_argnums=donate_argnums,
+                                           **jit_kw).lower(*args).compile())
 
 
 def clear_cache() -> None:

@@ -27,22 +27,40 @@ def _jobs(n=3):
   return contents, styles, configs
 
 
-@pytest.mark.parametrize("optimizer,line_search,mode", [
-    ("lbfgs", "auto", "vmap"), ("lbfgs", "auto", "map"), ("lbfgs", "zoom", "auto"),
-    ("adam", "auto", "vmap")])
-def test_batched_equals_sequential(tiny_net, optimizer, line_search, mode):
+@pytest.mark.parametrize("optimizer,line_search,mode,steps_per_call", [
+    ("lbfgs", "auto", "vmap", None), ("lbfgs", "auto", "map", None), ("lbfgs", "zoom", "auto", None),
+    ("adam", "auto", "vmap", None),
+    # several steps per call: one call of 3 steps, then one of 1
+    ("lbfgs", "auto", "vmap", 3), ("lbfgs", "zoom", "auto", 3)])
+def test_batched_equals_sequential(tiny_net, optimizer, line_search, mode, steps_per_call):
   from nstjax.batch import batch_mode
   contents, styles, configs = _jobs()
   configs = [dataclasses.replace(c, optimizer=optimizer, line_search=line_search, batch_mode=mode)
              for c in configs]
   assert batch_mode(configs[0]) == ("map" if line_search == "zoom" else mode)
-  results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
+  results = nstjax.stylize_batch(tiny_net, contents, styles, configs, steps_per_call=steps_per_call)
   for c, s, cfg, r in zip(contents, styles, configs, results):
     alone = nstjax.stylize_result(c, s, cfg, net=tiny_net)
     assert r.status == "done"
     np.testing.assert_allclose(r.image, alone.image, atol=1e-6)
     assert r.summary["losses"]["total"] == pytest.approx(alone.summary["losses"]["total"], rel=1e-5)
     assert r.summary["evaluations"] == alone.summary["evaluations"]
+
+
+def test_a_sweep_shares_its_images_and_targets(tiny_net, monkeypatch):
+  from nstjax import objective
+  calls = []
+  make_targets = objective.make_targets
+  monkeypatch.setattr(objective, "make_targets", lambda *a, **k: calls.append(1) or make_targets(*a, **k))
+  content, style = smooth_image(32, 40, 0), smooth_image(36, 32, 10)
+  configs = [BASE, dataclasses.replace(BASE, style_weight=3e3, init="noise", seed=1),
+             dataclasses.replace(BASE, pooling="max")]      # pooling reaches the targets
+  results = nstjax.stylize_batch(tiny_net, [content] * 3, [style] * 3, configs)
+  assert len(calls) == 2
+  for cfg, r in zip(configs, results):
+    alone = nstjax.stylize_result(content, style, cfg, net=tiny_net)
+    np.testing.assert_allclose(r.image, alone.image, atol=1e-6)
+    assert r.summary["loss_weights"] == alone.summary["loss_weights"]
 
 
 def test_per_job_iterations_and_variance_k_are_not_mixed(tiny_net):
@@ -183,18 +201,22 @@ def test_job_lists(tmp_path, image_files):
   assert parsed[1]["error"].startswith("line 2")
 
 
-def test_non_finite_job_fails_alone_and_keeps_a_finite_image(tiny_net):
+# 1 step per call: the first non-finite loss opens a call (the previous call's image is
+# kept); 4: it falls inside one (the call's own last finite image is kept).
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_non_finite_job_fails_alone_and_keeps_a_finite_image(tiny_net, steps_per_call):
   contents, styles, configs = _jobs(2)
   configs = [dataclasses.replace(c, optimizer="adam", iterations=6) for c in configs]
   configs[1] = dataclasses.replace(configs[1], lr=1e30)          # diverges
-  bad_alone = None
-  try:
+  with pytest.raises(nstjax.NonFiniteLoss) as alone:
     nstjax.stylize_result(contents[1], styles[1], configs[1], net=tiny_net)
-  except nstjax.NonFiniteLoss as e:
-    bad_alone = e.image
-  results = nstjax.stylize_batch(tiny_net, contents, styles, configs)
+  assert alone.value.iteration < 3   # the failure is in the first call of 4 steps
+  results = nstjax.stylize_batch(tiny_net, contents, styles, configs, steps_per_call=steps_per_call)
   assert results[0].status == "done"
+  assert results[0].summary["iterations"] == 6
   assert results[1].status == "non-finite"
+  assert results[1].summary["iterations"] == alone.value.iteration
+  assert len(results[1].trace) == alone.value.iteration + 1   # the steps whose loss was finite
   assert np.all(np.isfinite(results[1].image))
   # The same last finite image as the job run alone.
-  np.testing.assert_allclose(results[1].image, bad_alone, atol=1e-6)
+  np.testing.assert_allclose(results[1].image, alone.value.image, atol=1e-6)

@@ -473,3 +473,28 @@ def test_a_stop_request_during_a_compiled_call_waits_for_its_outputs():
   finally:
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     signal.signal(signal.SIGINT, previous)
+
+
+def test_a_stop_request_during_a_compilation_waits_for_it():
+  """JAX compiles on a worker thread; a stop raised while the main thread waits would leave
+  the compilation running into the interpreter's exit (a segfault, seen with SIGTERM during a
+  batch). The program is built and cached before the stop is delivered."""
+  import jax.numpy as jnp
+  from nstjax import programs
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+  def make():
+    os.kill(os.getpid(), signal.SIGINT)    # arrives as the lowering and compilation begin
+    return lambda x: jnp.cumsum(jnp.sin(x)) * 3.0
+
+  x = jnp.arange(4096, dtype=jnp.float32)
+  key = ("stop", time.time())
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      programs.compiled("test-stop", key, make, (x,))
+    fn, seconds = programs.compiled("test-stop", key, lambda: pytest.fail("not cached"), (x,))
+    assert seconds == 0.0 and float(fn(x)[0]) == 0.0
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    signal.signal(signal.SIGINT, previous)
