@@ -1,10 +1,15 @@
 """Batch throughput (issue 4): images per minute, batched vs one process per job.
 
 Every figure is wall time of whole commands, so process start, weights loading
-and compilation are included (what users pay). Jobs: the same content/style
-pair with different style weights (one shape, so one group), real VGG19.
+and compilation are included (what users pay), with each command's peak RSS.
+Jobs: the same content/style pair with different style weights (one shape, so
+one group), real VGG19.
 
     python bench/bench_batch.py --sizes 128,256 --batches 1,4,8 --iterations 30
+
+``--other DIR`` also runs every batch command with another version of nstjax
+(a folder holding an ``nstjax`` package laid out as installed), right after
+this version's, so both share the machine's noise.
 """
 
 from __future__ import annotations
@@ -28,9 +33,15 @@ def weights_for(n):
 
 
 def timed(cmd, env=None):
+  """(wall seconds, peak RSS in MB) of one command."""
   t0 = time.perf_counter()
-  subprocess.run(cmd, check=True, capture_output=True, env=env)
-  return time.perf_counter() - t0
+  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+  err = proc.stderr.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  if proc.returncode:
+    raise SystemExit(f"{' '.join(map(str, cmd))} failed ({proc.returncode}): {err.decode()[-2000:]}")
+  return time.perf_counter() - t0, round(usage.ru_maxrss / 1024, 1)
 
 
 def main():
@@ -42,37 +53,47 @@ def main():
   ap.add_argument("--sharded-size", type=int, default=128)
   ap.add_argument("--modes", default="auto", help="batch modes to time (auto,vmap,map)")
   ap.add_argument("--skip-sharded", action="store_true")
+  ap.add_argument("--other", help="folder with another version's nstjax package, run side by side")
   args = ap.parse_args()
   rows = []
   common = ["--iterations", str(args.iterations), "-q"]
   with tempfile.TemporaryDirectory() as tmp:
     subprocess.run(NSTJAX + ["weights", "fetch"], check=True, capture_output=True)
     for size in [int(s) for s in args.sizes.split(",")]:
-      total = 0.0
-      for i, w in enumerate(weights_for(args.separate)):
-        total += timed(NSTJAX + ["stylize", str(CONTENT), str(STYLE), "-o", f"{tmp}/sep_{size}_{i}.png",
-                                 "--size", str(size), "--style-weight", w] + common)
-      rows.append({"size": size, "mode": "separate processes", "jobs": args.separate, "seconds": round(total, 2),
-                   "images_per_minute": round(60 * args.separate / total, 2)})
-      print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+      total, rss = 0.0, 0.0
+      for i, w in enumerate(weights_for(args.separate) if args.separate else []):
+        secs, peak = timed(NSTJAX + ["stylize", str(CONTENT), str(STYLE), "-o",
+                                     f"{tmp}/sep_{size}_{i}.png", "--size", str(size),
+                                     "--style-weight", w] + common)
+        total, rss = total + secs, max(rss, peak)
+      if args.separate:
+        rows.append({"size": size, "mode": "separate processes", "jobs": args.separate,
+                     "seconds": round(total, 2), "peak_rss_mb": rss,
+                     "images_per_minute": round(60 * args.separate / total, 2)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+      versions = [("this", None)] + ([("other", args.other)] if args.other else [])
       for b in [int(x) for x in args.batches.split(",")]:
         for mode in args.modes.split(","):
-          secs = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
-                                 "style-weight=" + ",".join(weights_for(b)), "-o",
-                                 f"{tmp}/batch_{size}_{b}_{mode}", "--size", str(size),
-                                 "--batch-mode", mode] + common)
-          rows.append({"size": size, "mode": f"nstjax batch ({mode})", "jobs": b,
-                       "seconds": round(secs, 2), "images_per_minute": round(60 * b / secs, 2),
-                       "throughput_vs_separate": round(total / args.separate * b / secs, 3)})
-          print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+          for version, path in versions:
+            env = dict(os.environ, PYTHONPATH=path) if path else None
+            secs, peak = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE),
+                                         "--sweep", "style-weight=" + ",".join(weights_for(b)), "-o",
+                                         f"{tmp}/batch_{size}_{b}_{mode}_{version}", "--size",
+                                         str(size), "--batch-mode", mode] + common, env=env)
+            rows.append({"size": size, "mode": f"nstjax batch ({mode})", "version": version,
+                         "jobs": b, "seconds": round(secs, 2), "peak_rss_mb": peak,
+                         "images_per_minute": round(60 * b / secs, 2)})
+            if args.separate:
+              rows[-1]["throughput_vs_separate"] = round(total / args.separate * b / secs, 3)
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     size, b = args.sharded_size, max(int(x) for x in args.batches.split(","))
     for devices in (() if args.skip_sharded else (1, 2)):
       env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-      secs = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
+      secs, peak = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE), "--sweep",
                              "style-weight=" + ",".join(weights_for(b)), "-o", f"{tmp}/shard_{devices}",
                              "--size", str(size)] + common, env=env)
       rows.append({"size": size, "mode": f"nstjax batch, {devices} host device(s)", "jobs": b,
-                   "seconds": round(secs, 2), "images_per_minute": round(60 * b / secs, 2)})
+                   "seconds": round(secs, 2), "peak_rss_mb": peak, "images_per_minute": round(60 * b / secs, 2)})
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   print(json.dumps({"iterations": args.iterations, "rows": rows}, indent=1))
 

@@ -11,7 +11,9 @@ jobs are split over the devices with ``jax.shard_map`` (a 1-D ``data`` mesh;
 the job count is padded to a multiple of the device count and the padding
 discarded), and on each device the jobs are stepped together (``vmap``: one
 batched program, the default for nstjax's L-BFGS and Adam, whose steps have no
-control flow) or one after another (``lax.map``: optax's zoom line search).
+control flow) or one after another (``lax.map``: optax's zoom line search, and
+on a CPU images over 128 x 128 pixels, where batching is measured slower:
+:func:`batch_mode`).
 A call takes several steps of every job (as many as fit in about a quarter of
 a second, as for one image), so the losses reach the host once per call.
 Each job keeps its own optimiser state, L-BFGS line search, targets and
@@ -67,30 +69,62 @@ def group_key(p: Prepared):
   return (p.config.static_key(), p.config.iterations, shapes)
 
 
-def batch_mode(config) -> str:
+# On a CPU a group's convolutions batched together run no faster per job than one
+# job's, and slower past this size (8 jobs, vmap's time per job over map's: 1.06 at
+# 128x96, within noise (0.98 in another run), 1.06 at 192x144, 1.08 at 256x192, 1.34
+# at 512x384; BENCHMARKS.md, "Batched jobs").
+CPU_VMAP_MAX_PIXELS = 128 * 128
+
+
+def batch_mode(config, pixels: int | None = None, platform: str | None = None) -> str:
   """How a device steps its jobs: ``vmap`` (one batched program: the convolutions of all
-  jobs together) or ``map`` (one job after another)."""
+  jobs together) or ``map`` (one job after another).
+
+  ``auto``: ``map`` for optax's zoom (data-dependent loops: under ``vmap`` both
+  sides of every branch run) and on a CPU for images of more than
+  :data:`CPU_VMAP_MAX_PIXELS` pixels; else ``vmap`` (on a GPU or TPU a small
+  image leaves most of the device idle: batching its convolutions is the point).
+  """
   if config.batch_mode != "auto":
     return config.batch_mode
-  # optax's zoom has data-dependent loops: under vmap both sides of every branch run.
-  return "map" if optim.uses_line_search(config) else "vmap"
+  if optim.uses_line_search(config):
+    return "map"
+  if platform == "cpu" and pixels is not None and pixels > CPU_VMAP_MAX_PIXELS:
+    return "map"
+  return "vmap"
 
 
-def _batch_steps(static_key, mesh, k: int):
+def _batch_steps(static_key, mesh, k: int, mode: str):
   """``k`` steps of every job of a group in one call: each device steps its jobs
   together (``vmap``) or one after another (``lax.map``), each job's steps in
   :func:`nstjax.pipeline.make_steps`'s fixed-trip loop (a job whose loss turns
   non-finite is frozen for the call's remaining steps)."""
   steps = make_steps(static_key, k)
 
-  if batch_mode(static_key) == "vmap":
+  if mode == "vmap":
     def per_device(net, images, opt_states, evaluations, targets, weights):
       return jax.vmap(lambda *args: steps(net, *args))(images, opt_states, evaluations, targets,
                                                         weights)
   else:
+    # One job after another, each job's state read from and written back into the
+    # stacked (donated) state: in place, where lax.map would stack a second copy of
+    # every job's L-BFGS history as its output (+1.1 GB for 8 jobs at 512 px).
     def per_device(net, images, opt_states, evaluations, targets, weights):
-      return jax.lax.map(lambda args: steps(net, *args),
-                         (images, opt_states, evaluations, targets, weights))
+      row = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
+      first = row((images, opt_states, evaluations, targets, weights), 0)
+      _, metrics_shape, good_shape = jax.eval_shape(lambda *a: steps(net, *a), *first)
+      stacked = lambda shape: jnp.zeros((images.shape[0],) + shape.shape, shape.dtype)
+
+      def body(i, carry):
+        state, metrics, good = carry
+        new, m, g = steps(net, *row(state, i), row(targets, i), row(weights, i))
+        put = lambda tree, value: jax.tree.map(lambda a, v: a.at[i].set(v), tree, value)
+        return put(state, tuple(new)), put(metrics, m), good.at[i].set(g)
+
+      carry = ((images, opt_states, evaluations), jax.tree.map(stacked, metrics_shape),
+               stacked(good_shape))
+      state, metrics, good = jax.lax.fori_loop(0, images.shape[0], body, carry)
+      return optim.State(*state), metrics, good
 
   # check_vma=False: value_and_grad_from_state's lax.cond mixes replicated and
   # per-device values (anchors-jax §1.3e).
@@ -134,6 +168,7 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   key = objective.program_key(static)
   devices = tuple(devices if devices is not None else jax.local_devices())
   mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+  mode = batch_mode(static, base.content.shape[0] * base.content.shape[1], devices[0].platform)
   # Pad to a multiple of the device count with copies of the last job (discarded).
   pad = (-n) % len(devices)
   padded = list(jobs) + [jobs[-1]] * pad
@@ -153,7 +188,8 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
 
   def program(k):
     args = (net, state.image, state.opt_state, state.evaluations, targets, weights)
-    return programs.compiled(f"batch-steps{k}", key, lambda: _batch_steps(static, mesh, k),
+    # the mode is a function of the key's parts (config, shapes, devices)
+    return programs.compiled(f"batch-steps{k}", key, lambda: _batch_steps(static, mesh, k, mode),
                              args, devices=devices, donate_argnums=(2,))
 
   one, compile_seconds = program(1)
@@ -235,7 +271,8 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
         evaluations=int(evaluations[i]), seconds=seconds, compile_seconds=compile_seconds,
         initial=loss_floats(row(initial), w), final=final_losses, devices=devices,
         steps_per_call=k, seconds_note="wall time of the whole group's loop (jobs run together)",
-        batch={"group_size": n, "padded_to": n + pad, "devices": len(devices), **sharding})
+        batch={"group_size": n, "padded_to": n + pad, "devices": len(devices), "mode": mode,
+               **sharding})
     results.append(Result(
         # No per-job state: slicing every job's L-BFGS history out of the group
         # would copy it (630 MB a job at 512 px); continue a job with nstjax.run.

@@ -259,7 +259,8 @@ class StyleConfig:
                                  "backtracking.")
   batch_mode: str = option("auto", kind=STATIC, read=_text, group=G_OPT, choices=BATCH_MODES,
                            help="Batches: step a device's jobs together (vmap) or one after "
-                                "another (map); auto: vmap unless the line search is zoom.")
+                                "another (map); auto: map for the zoom line search and, on a "
+                                "CPU, for images over 128x128 pixels; else vmap.")
   precision: str = option("auto", kind=STATIC, read=_text, group=G_OPT, choices=PRECISION_CHOICES,
                           help="Convolutions: fp32 (exact), tf32 (JAX's default: fp32 on a CPU, "
                                "TF32 on Ampere+ GPUs), bf16 (bf16 operands and activations, fp32 "

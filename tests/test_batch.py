@@ -42,9 +42,20 @@ def test_batched_equals_sequential(tiny_net, optimizer, line_search, mode, steps
   for c, s, cfg, r in zip(contents, styles, configs, results):
     alone = nstjax.stylize_result(c, s, cfg, net=tiny_net)
     assert r.status == "done"
+    assert r.summary["batch"]["mode"] == batch_mode(cfg)   # 32x40 pixels: no size rule
     np.testing.assert_allclose(r.image, alone.image, atol=1e-6)
     assert r.summary["losses"]["total"] == pytest.approx(alone.summary["losses"]["total"], rel=1e-5)
     assert r.summary["evaluations"] == alone.summary["evaluations"]
+
+
+def test_auto_batch_mode_by_backend_and_size():
+  from nstjax.batch import CPU_VMAP_MAX_PIXELS, batch_mode
+  big, small = CPU_VMAP_MAX_PIXELS + 1, CPU_VMAP_MAX_PIXELS
+  assert batch_mode(BASE, small, "cpu") == "vmap"
+  assert batch_mode(BASE, big, "cpu") == "map"
+  assert batch_mode(BASE, big, "gpu") == batch_mode(BASE, big, "tpu") == "vmap"
+  assert batch_mode(dataclasses.replace(BASE, line_search="zoom"), small, "gpu") == "map"
+  assert batch_mode(dataclasses.replace(BASE, batch_mode="vmap"), big, "cpu") == "vmap"
 
 
 def test_a_sweep_shares_its_images_and_targets(tiny_net, monkeypatch):
@@ -117,7 +128,7 @@ def test_sharded_over_four_devices_equals_unsharded(tiny_net, tmp_path):
   info = json.loads(proc.stdout.strip().splitlines()[-1])
   assert info["devices"] == 4
   # 3 jobs on 4 devices: padded to 4, the padding discarded, every device used.
-  assert info["batch"] == {"group_size": 3, "padded_to": 4, "devices": 4,
+  assert info["batch"] == {"group_size": 3, "padded_to": 4, "devices": 4, "mode": "vmap",
                            "spec": ["data"], "devices_used": 4}
   contents, styles, configs = _jobs(3)
   local = nstjax.stylize_batch(tiny_net, contents, styles, configs)
