@@ -5,16 +5,18 @@ Every job goes through :func:`nstjax.pipeline.prepare` (load, resize,
 validate, size checks, targets; jobs of the same images differing only in loss
 weights, seeds or solver settings share one preparation); a job that fails
 there gets a ``"failed"`` :class:`~nstjax.pipeline.Result` with its reason and
-the others go on. Jobs whose static configuration (:meth:`~nstjax.config.StyleConfig.static_key`),
-step count and argument shapes agree form a group, run as one program: the
+the others go on. Jobs whose static configuration
+(:meth:`~nstjax.config.StyleConfig.static_key`), step count and argument shapes
+agree form a group, run as one program: the
 jobs are split over the devices with ``jax.shard_map`` (a 1-D ``data`` mesh;
 the job count is padded to a multiple of the device count and the padding
 discarded), and on each device the jobs are stepped together (``vmap``: one
 batched program, the default for nstjax's L-BFGS and Adam, whose steps have no
 control flow) or one after another (``map``: a loop over the jobs, each updated
 in place; for optax's zoom line search, and on a CPU for images over 128 x 128
-pixels, where batching is measured slower: :func:`batch_mode`). A call takes several steps of every job (as many as fit in about a quarter of
-a second, as for one image), so the losses reach the host once per call.
+pixels, where batching is measured slower: :func:`batch_mode`). A call takes
+several steps of every job (as many as fit in about a quarter of a second, as
+for one image), so the losses reach the host once per call.
 Each job keeps its own optimiser state, L-BFGS line search, targets and
 weights; a job whose loss becomes NaN stops there and keeps its last finite
 image (``"non-finite"``) while the others go on.
@@ -95,9 +97,9 @@ def batch_mode(config, pixels: int | None = None, platform: str | None = None) -
 
 def _batch_steps(static_key, mesh, k: int, mode: str):
   """``k`` steps of every job of a group in one call: each device steps its jobs
-  together (``vmap``) or one after another (``map``: a ``fori_loop`` over them), each job's steps in
-  :func:`nstjax.pipeline.make_steps`'s fixed-trip loop (a job whose loss turns
-  non-finite is frozen for the call's remaining steps)."""
+  together (``vmap``) or one after another (``map``: a ``fori_loop`` over them),
+  each job's steps in :func:`nstjax.pipeline.make_steps`'s fixed-trip loop (a
+  job whose loss turns non-finite is frozen for the call's remaining steps)."""
   steps = make_steps(static_key, k)
 
   if mode == "vmap":
