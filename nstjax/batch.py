@@ -42,8 +42,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from nstjax import files, objective, optim, programs, vgg
 from nstjax.config import StyleConfig
 from nstjax.errors import NonFiniteLoss, NSTError
-from nstjax.pipeline import (Prepared, Result, choose_steps_per_call, finish_image, initial_image,
-                             loss_floats, make_steps, prepare, run_scales, summarise, targets_key)
+from nstjax.pipeline import (Prepared, Result, StepCalls, finish_image, initial_image, loss_floats,
+                             make_steps, prepare, run_scales, summarise, targets_key)
 
 Array = jax.Array
 
@@ -193,11 +193,7 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
     return programs.compiled(f"batch-steps{k}", key, lambda: _batch_steps(static, mesh, k, mode),
                              args, devices=devices, donate_argnums=(2,))
 
-  one, compile_seconds = program(1)
-  calls = {1: one}
-  compile_seconds += init_seconds + terms_seconds
-  k_auto = steps_per_call is None
-  k = 1 if k_auto else max(1, int(steps_per_call))
+  calls = StepCalls(program, steps_per_call)
 
   iterations = base.config.iterations
   # Each call returns every job's last image whose loss was finite; a job whose
@@ -211,18 +207,14 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
   t_loop = time.perf_counter()
   try:
     while done < iterations and np.any(failed_at[:n] < 0):
-      steps_now = k if iterations - done >= k else 1
-      if steps_now not in calls:
-        calls[steps_now], seconds = program(steps_now)
-        compile_seconds += seconds
+      steps_now, call = calls.get(iterations - done)
       t_call = time.perf_counter()
       with files.deferred_stop_signals():   # the old state's buffers are donated
-        new_state, metrics, call_good = calls[steps_now](
+        new_state, metrics, call_good = call(
             net, state.image, state.opt_state, state.evaluations, targets, weights)
         state, pending = optim.State(*new_state), (done, steps_now)
       metrics = jax.device_get(metrics)     # one transfer per call
-      if k_auto and done == 1:   # the first call includes warm-up; time the second
-        k = choose_steps_per_call(time.perf_counter() - t_call)
+      calls.timed(done, time.perf_counter() - t_call)
       losses = np.asarray(metrics["loss"])  # (jobs, steps)
       first_bad = np.where(np.isfinite(losses).all(axis=1), -1, np.argmin(np.isfinite(losses), 1))
       newly = (first_bad >= 0) & (failed_at < 0)
@@ -269,9 +261,10 @@ def run_group(jobs: Sequence[Prepared], *, devices=None,
     summary = summarise(
         # a non-finite job: the iteration of the image kept, as NonFiniteLoss says it
         p, status=job_status, iterations=done if failed_at[i] < 0 else max(int(failed_at[i]) - 1, 0),
-        evaluations=int(evaluations[i]), seconds=seconds, compile_seconds=compile_seconds,
+        evaluations=int(evaluations[i]), seconds=seconds,
+        compile_seconds=calls.compile_seconds + init_seconds + terms_seconds,
         initial=loss_floats(row(initial), w), final=final_losses, devices=devices,
-        steps_per_call=k, seconds_note="wall time of the whole group's loop (jobs run together)",
+        steps_per_call=calls.k, seconds_note="wall time of the whole group's loop (jobs run together)",
         batch={"group_size": n, "padded_to": n + pad, "devices": len(devices), "mode": mode,
                **sharding})
     results.append(Result(

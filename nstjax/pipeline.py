@@ -423,6 +423,40 @@ def choose_steps_per_call(seconds_per_step: float) -> int:
   return k
 
 
+class StepCalls:
+  """The compiled programs of a loop that takes several steps per call, and how many.
+
+  ``build(n) -> (program, compile seconds)`` makes the ``n``-step program. With
+  ``steps_per_call=None`` the count is chosen from the second call's time (the
+  first includes warm-up) by :func:`choose_steps_per_call`; ``agree`` maps it to
+  the value every process uses (processes stepping one image together must call
+  the same programs). Used by :func:`run` and by batches.
+  """
+
+  def __init__(self, build: Callable[[int], tuple], steps_per_call: int | None = None,
+               agree: Callable[[int], int] | None = None):
+    self._build, self._agree = build, agree
+    self.auto = steps_per_call is None
+    self.k = 1 if self.auto else max(1, int(steps_per_call))
+    self._programs: dict = {}
+    self.compile_seconds = 0.0
+    self.get(1)   # built before the loop starts: its compilation is not loop time
+
+  def get(self, left: int):
+    """``(n, program)`` for the next call, ``left`` steps before the loop must stop."""
+    n = self.k if left >= self.k else 1
+    if n not in self._programs:
+      self._programs[n], seconds = self._build(n)
+      self.compile_seconds += seconds
+    return n, self._programs[n]
+
+  def timed(self, done_before: int, seconds: float) -> None:
+    """Records a call that began after ``done_before`` steps and lasted ``seconds``."""
+    if self.auto and done_before == 1:
+      k = choose_steps_per_call(seconds)
+      self.k = self._agree(k) if self._agree is not None else k
+
+
 def run(prepared: Prepared, *, iterations: int | None = None, start=None,
         callback: Callable[[Progress], None] | None = None, terms_every: int = 10,
         image_every: int = 0, steps_per_call: int | None = None,
@@ -462,10 +496,6 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
   kw = (prepared.net, prepared.targets, prepared.weights)
   terms_fn, terms_seconds = terms_program(prepared, state.image)
   initial = loss_floats(terms_fn(state.image, *kw), prepared.weights)
-  one, compile_seconds = steps_program(prepared, state, 1)
-  programs_k = {1: one}
-  k_auto = steps_per_call is None
-  k = 1 if k_auto else max(1, int(steps_per_call))
   evaluations0 = int(state.evaluations)
 
   status, done, stopped_by, trace, pending = "done", 0, None, [], None
@@ -474,6 +504,8 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
   good = state.image
   # One image over several processes: they stop together, after the same call.
   multi = config.shard == "spatial" and spatial.multiprocess()
+  calls = StepCalls(lambda n: steps_program(prepared, state, n), steps_per_call,
+                    spatial.agree_first if multi else None)
   stop_guard = (files.agreed_stop_signals(spatial.agree_max) if multi
                 else contextlib.nullcontext(lambda: None))
   t_loop = time.perf_counter()
@@ -483,23 +515,18 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
         left = iterations - done
         if image_every:
           left = min(left, image_every - (offset + done) % image_every)
-        n = k if left >= k else 1
-        if n not in programs_k:
-          programs_k[n], seconds = steps_program(prepared, state, n)
-          compile_seconds += seconds
+        n, program = calls.get(left)
         t_call = time.perf_counter()
         # The call donates the optimiser state: the new state is kept at once (an
         # interrupt while waiting for the results below must not leave `state`
         # pointing at donated buffers); `pending` counts its steps until replayed.
         with files.deferred_stop_signals():
-          new_state, metrics, call_good = programs_k[n](prepared.net, state.image,
-                                                        state.opt_state, state.evaluations,
-                                                        prepared.targets, prepared.weights)
+          new_state, metrics, call_good = program(prepared.net, state.image, state.opt_state,
+                                                  state.evaluations, prepared.targets,
+                                                  prepared.weights)
           state, pending = optim.State(*new_state), (done, n)
         metrics = jax.device_get(metrics)     # one transfer per call
-        if k_auto and done == 1:   # the first call includes warm-up; time the second
-          k = choose_steps_per_call(time.perf_counter() - t_call)
-          k = spatial.agree_first(k) if multi else k   # every process calls the same programs
+        calls.timed(done, time.perf_counter() - t_call)
         losses = np.asarray(metrics["loss"])
         if np.isfinite(losses[0]):   # else the last finite image is from an earlier call
           good = call_good
@@ -552,8 +579,8 @@ def run(prepared: Prepared, *, iterations: int | None = None, start=None,
     finished = finish_image(prepared, image)
   summary = summarise(prepared, status=status, iterations=done,
                       evaluations=int(state.evaluations) - evaluations0, seconds=seconds,
-                      compile_seconds=compile_seconds + terms_seconds, initial=initial, final=final,
-                      steps_per_call=k,
+                      compile_seconds=calls.compile_seconds + terms_seconds, initial=initial,
+                      final=final, steps_per_call=calls.k,
                       **({"interrupted_by": stopped_by} if stopped_by else {}))
   return Result(image=finished, status=status, summary=summary, state=state, trace=trace)
 
