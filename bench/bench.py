@@ -13,7 +13,10 @@ document with every figure.
 
 The peer is a PyTorch implementation of the same algorithm (``gatys.py`` in
 ``--peer-dir``: loss modules in a copy of VGG, torch.optim.LBFGS with a
-closure), reading the same converted weights file.
+closure), reading the same converted weights file. An optimizer named with a
+``-direct`` suffix (``lbfgs-direct``) runs nstjax with ``conv_algorithm="direct"``
+(XLA's convolutions; the default on a CPU is Winograd in blocks 3-5); the peer
+runs the optimizer without the suffix.
 
 ``--weights`` defaults to the cached default VGG19 (real weights).
 """
@@ -53,12 +56,14 @@ def worker(args):
   net = nstjax.load_weights(args.weights)
   content, style = square(CONTENT, args.size), square(STYLE, args.size)
   # "lbfgs-zoom": optax's zoom line search; "lbfgs": the default (nstjax's backtracking).
-  optimizer, line_search = (("lbfgs", "zoom") if args.optimizer == "lbfgs-zoom"
-                            else (args.optimizer, "auto"))
+  # A "-direct" suffix: XLA's convolutions throughout (--conv-algorithm direct).
+  name, direct = args.optimizer.removesuffix("-direct"), args.optimizer.endswith("-direct")
+  optimizer, line_search = (("lbfgs", "zoom") if name == "lbfgs-zoom" else (name, "auto"))
   cfg = nstjax.StyleConfig(size=None, iterations=args.steps + args.warmup, optimizer=optimizer,
                            line_search=line_search,
                            pooling=args.pooling, content_weight=args.alpha, style_weight=args.beta,
-                           tv_weight=0.0, lbfgs_memory=args.lbfgs_memory)
+                           tv_weight=0.0, lbfgs_memory=args.lbfgs_memory,
+                           conv_algorithm="direct" if direct else "auto")
   stamps = []
   r = nstjax.optimize(net, content, style, cfg, terms_every=0,
                       callback=lambda p: stamps.append((time.perf_counter(), p.evaluations)))
@@ -71,6 +76,7 @@ def worker(args):
       "compile_s": r.summary["compile_seconds"],
       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       "final_total_loss": r.summary["losses"]["total"],
+      "conv_algorithm": r.summary["conv_algorithm"],
       "device": r.summary["device"], "jax": jax.__version__}))
 
 
@@ -83,7 +89,7 @@ def run_peer(args, size, optimizer):
   cmd = [args.peer_python, str(Path(args.peer_dir) / "gatys.py"), "--weights", args.weights_path,
          "--size", str(size), "--steps", str(steps(args, size)), "--threads", str(args.threads),
          "--content", str(CONTENT), "--style", str(STYLE),
-         "--optimizer", "lbfgs" if optimizer.startswith("lbfgs") else optimizer,
+         "--optimizer", "lbfgs" if optimizer.startswith("lbfgs") else optimizer.removesuffix("-direct"),
          "--pooling", args.pooling, "--alpha", str(args.alpha), "--beta", str(args.beta)]
   out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
   r = json.loads(out.strip().splitlines()[-1])

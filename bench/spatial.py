@@ -66,7 +66,7 @@ def worker(size: int, run: bool):
     content = nimage.load_image(CONTENT)
     h, w = nimage.long_side_shape(*content.shape[:2], size)
     style_hw = nimage.long_side_shape(*nimage.load_image(STYLE).shape[:2], size)
-    network = vgg.prepare(net, objective.network_layers(cfg))
+    network = objective.network(net, cfg)
     sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     targets = jax.eval_shape(lambda c, st: objective.make_targets(network, c, [st], cfg),
                              sds((h, w, 3)), sds((*style_hw, 3)))

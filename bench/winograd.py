@@ -1,66 +1,41 @@
-"""Winograd convolution in plain JAX against XLA's convolution on this backend.
+"""Winograd F(4,3) convolutions (``--conv-algorithm winograd``) against XLA's on this backend.
 
-Tried as a way to cut an evaluation's convolution FLOPs on a CPU (F(2,3):
-2.25x fewer multiplications in the products, F(4,3): 4x; Lavin & Gray 2016):
-the tile transforms are written as small matrix products (einsum), the
-products as one batched matmul per tile position. Times a forward pass plus
-the input gradient (what an evaluation needs) for VGG19's layer shapes at a
-128 x 96 image and two larger ones, best of 10; prints JSON.
+Two measurements, best of ``--reps``, printed as JSON:
 
-    python bench/winograd.py > bench/out/winograd.json
+* per layer: forward pass plus input gradient (what an evaluation needs) of
+  one 3x3 convolution at VGG19's layer shapes, ``vgg.frozen_conv`` (XLA's
+  convolution, the flipped kernel for the gradient) against
+  ``vgg.winograd_conv``, and the relative error of the latter's forward pass
+  and gradient;
+* per evaluation: the loss and gradient of the real VGG19's default layers
+  (relu1_1..relu5_1, relu4_2) run inside a ``fori_loop`` (as the solver's steps
+  run), every conv direct against blocks 3-5 by Winograd (the ``auto`` rule).
+
+    python bench/winograd.py --sizes 256,512 > bench/out/winograd.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-F23 = dict(m=2,
-           BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
-           G=[[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
-           AT=[[1, 1, 1, 0], [0, 1, -1, -1]])
-F43 = dict(m=4,
-           BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
-               [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
-           G=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
-              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
-           AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])
+from nstjax import vgg
+
+LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1", "relu4_2")
+# (side, input channels, output channels): VGG19's conv shapes at 512 px (blocks 1-5,
+# conv1_2 at 256 px), then those of blocks 3-5 at 256 px.
+SHAPES = [(256, 64, 64), (256, 128, 128), (128, 256, 256), (64, 256, 512), (64, 512, 512),
+          (32, 512, 512), (64, 256, 256), (32, 256, 512), (16, 512, 512)]
 
 
-def transformed_kernel(k, f):
-  """HWIO 3x3 kernel -> (a, a, I, O), computed once (the weights are frozen)."""
-  g = jnp.asarray(f["G"], jnp.float32)
-  return jnp.einsum("ai,ijco,bj->abco", g, k, g, precision="highest")
-
-
-def winograd_conv(x, u, f):
-  """'SAME' 3x3 stride-1 convolution of NHWC ``x`` with a transformed kernel ``u``."""
-  m = f["m"]
-  a = m + 2
-  bt, at = np.asarray(f["BT"], np.float32), np.asarray(f["AT"], np.float32)
-  n, h, w, c = x.shape
-  th, tw = -(-h // m), -(-w // m)
-  xp = jnp.pad(x, ((0, 0), (1, th * m - h + 1), (1, tw * m - w + 1), (0, 0)))
-  rows = jnp.stack([xp[:, i:i + th * m:m] for i in range(a)], axis=2)         # N th a W' C
-  rows = jnp.einsum("xi,ntiwc->ntxwc", bt, rows)
-  tiles = jnp.stack([rows[:, :, :, j:j + tw * m:m] for j in range(a)], axis=4)  # N th a tw a C
-  v = jnp.einsum("yj,ntxujc->xyntuc", bt, tiles).reshape(a * a, n * th * tw, c)
-  prod = jnp.einsum("pnc,pco->pno", v, u.reshape(a * a, c, -1)).reshape(a, a, n, th, tw, -1)
-  y = jnp.einsum("ix,jy,xyntuo->ntiujo", at, at, prod).reshape(n, th * m, tw * m, -1)
-  return y[:, :h, :w]
-
-
-def conv(x, k):
-  return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def best(fn, *args, n=10):
+def best(fn, *args, n):
   jax.block_until_ready(fn(*args))
   out = float("inf")
   for _ in range(n):
@@ -70,29 +45,63 @@ def best(fn, *args, n=10):
   return out
 
 
-def main():
+def layers(reps):
   rng = np.random.default_rng(0)
-  shapes = [(96, 128, 64, 64), (48, 64, 128, 128), (24, 32, 256, 256), (12, 16, 512, 512),
-            (256, 256, 64, 64), (64, 64, 256, 256), (32, 32, 512, 512)]
   rows = []
-  for h, w, c, o in shapes:
-    x = jnp.asarray(rng.standard_normal((1, h, w, c)), jnp.float32)
+  for h, c, o in SHAPES:
+    x = jnp.asarray(rng.standard_normal((1, h, h, c)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
-    ref = conv(x, k)
-    row = {"h": h, "w": w, "cin": c, "cout": o,
-           "xla_ms": round(1e3 * best(jax.jit(jax.value_and_grad(
-               lambda x, k: jnp.sum(jnp.sin(conv(x, k))))), x, k), 2)}
-    for name, f in (("f23", F23), ("f43", F43)):
-      u = transformed_kernel(k, f)
-      y = jax.jit(lambda x, u, f=f: winograd_conv(x, u, f))(x, u)
-      row[f"{name}_max_rel_error"] = float(jnp.max(jnp.abs(y - ref)) / jnp.max(jnp.abs(ref)))
-      row[f"{name}_ms"] = round(1e3 * best(jax.jit(jax.value_and_grad(
-          lambda x, u, f=f: jnp.sum(jnp.sin(winograd_conv(x, u, f))))), x, u), 2)
+    kf, u = vgg.flip_kernel(k), vgg.winograd_kernel(k)
+    direct = lambda x: vgg.frozen_conv(x, k, kf)
+    winograd = lambda x: vgg.winograd_conv(x, u)
+    fg = lambda f: jax.jit(jax.value_and_grad(lambda x: jnp.sum(jnp.sin(f(x)))))
+    y, yw = jax.jit(direct)(x), jax.jit(winograd)(x)
+    g, gw = fg(direct)(x)[1], fg(winograd)(x)[1]
+    row = {"h": h, "w": h, "cin": c, "cout": o,
+           "direct_ms": round(1e3 * best(fg(direct), x, n=reps), 2),
+           "winograd_ms": round(1e3 * best(fg(winograd), x, n=reps), 2),
+           "forward_rel_error": float(jnp.abs(yw - y).max() / jnp.abs(y).max()),
+           "gradient_rel_error": float(jnp.abs(gw - g).max() / jnp.abs(g).max())}
+    row["ratio"] = round(row["winograd_ms"] / row["direct_ms"], 3)
     rows.append(row)
-    print(json.dumps(row), flush=True, file=__import__("sys").stderr)
-  print(json.dumps({"what": "forward + input gradient of one 3x3 conv, best of 10, ms",
+    print(json.dumps(row), file=sys.stderr, flush=True)
+  return rows
+
+
+def evaluations(sizes, reps, steps=3):
+  import nstjax
+  net = nstjax.load_weights()
+  rows = []
+  for size in sizes:
+    image = jnp.asarray(np.random.default_rng(0).uniform(size=(size, size, 3)), jnp.float32)
+    row = {"size": size}
+    for name, fast in (("direct", ()), ("winograd", vgg.winograd_convs("vgg19", LAYERS))):
+      p = vgg.prepare(net, LAYERS, winograd=fast)
+      loss = lambda p, x: sum(jnp.sum(jnp.sin(v)) for v in
+                              vgg.features(p, x, layers=LAYERS, pooling="max").values())
+      grad = jax.value_and_grad(loss, argnums=1)
+      looped = jax.jit(lambda p, x: jax.lax.fori_loop(
+          0, steps, lambda i, x: x - 1e-9 * grad(p, x)[1], x))
+      row[f"{name}_s_per_eval"] = round(best(looped, p, image, n=reps) / steps, 4)
+    row["ratio"] = round(row["winograd_s_per_eval"] / row["direct_s_per_eval"], 3)
+    rows.append(row)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+  return rows
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--sizes", default="256,512", help="image sizes of the evaluation figure")
+  ap.add_argument("--reps", type=int, default=5)
+  args = ap.parse_args()
+  print(json.dumps({"what": "3x3 conv forward + input gradient (ms) and VGG19 loss + gradient in "
+                            "a fori_loop (s), best of reps; direct = XLA's convolution",
                     "jax": jax.__version__, "backend": jax.default_backend(),
-                    "machine": platform.processor() or platform.machine(), "rows": rows}, indent=1))
+                    "device": jax.devices()[0].device_kind,
+                    "machine": platform.processor() or platform.machine(), "reps": args.reps,
+                    "layers": layers(args.reps),
+                    "evaluations": evaluations([int(s) for s in args.sizes.split(",")], args.reps)},
+                   indent=1))
 
 
 if __name__ == "__main__":

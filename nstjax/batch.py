@@ -326,9 +326,9 @@ def stylize_batch(net: vgg.VGGParams, contents, styles, configs, *, devices=None
       if not isinstance(cfg, StyleConfig):
         raise NSTError(f"job {i}: config must be a StyleConfig, got {type(cfg).__name__}")
       cfg.validate(net.arch)
-      layers = objective.network_layers(cfg)
+      layers = objective.network_layers(cfg), objective.winograd_convs(cfg, net.arch, net.widths)
       if layers not in networks:
-        networks[layers] = vgg.prepare(net, layers)
+        networks[layers] = objective.network(net, cfg)
       if cfg.scales is not None or cfg.shard != "none":
         # coarse-to-fine (scale by scale) and spatially sharded jobs (each over every
         # device): one job at a time

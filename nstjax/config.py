@@ -40,6 +40,7 @@ LINE_SEARCHES = ("auto", "zoom", "backtracking", "none")
 LOSS_FORMS = ("gatys", "jcjohnson")
 BATCH_MODES = ("auto", "vmap", "map")
 PRECISION_CHOICES = ("auto",) + vgg.PRECISIONS
+CONV_ALGORITHMS = ("auto", "direct", "winograd")
 INITS = ("content", "noise", "style", "mean")   # or an image file's path
 COLOUR_MODES = ("none", "post", "match", "luminance")
 STYLE_LOSSES = ("gram", "pca", "pca-paper", "svd", "weighted")
@@ -266,6 +267,13 @@ class StyleConfig:
                                "TF32 on Ampere+ GPUs), bf16 (bf16 operands and activations, fp32 "
                                "accumulation). Grams, losses, image and optimiser state stay fp32. "
                                "auto: tf32.")
+  conv_algorithm: str = option("auto", kind=STATIC, read=_text, group=G_OPT,
+                               choices=CONV_ALGORITHMS,
+                               help="Convolutions of VGG blocks 3-5 (after conv3_1): direct (XLA's) "
+                                    "or winograd (F(4,3): 4x fewer products, results within 2e-5 "
+                                    "relative; fp32/tf32 only, not with --shard spatial); auto: "
+                                    "winograd on a CPU where a layer has 256 input channels or "
+                                    "more, else direct.")
   pixel_scale: float = option(1.0, kind=STATIC, read=_number(float), group=G_OPT,
                               help="L-BFGS works on the image times this (256: jcjohnson's 0..256 "
                                    "pixel values); matters for the first step and fixed steps.")
@@ -405,6 +413,12 @@ class StyleConfig:
       raise NSTError(f"iterations must be >= 0, got {self.iterations}")
     if self.tile is not None and not 16 <= self.tile <= 16384:
       raise NSTError(f"tile must be between 16 and 16384 pixels, got {self.tile}")
+    if self.conv_algorithm == "winograd" and self.precision == "bf16":
+      raise NSTError("winograd convolutions run in fp32 or tf32, not bf16; use --conv-algorithm "
+                     "direct")
+    if self.conv_algorithm == "winograd" and self.shard == "spatial":
+      raise NSTError("winograd convolutions are not partitioned spatially; use --conv-algorithm "
+                     "direct with --shard spatial")
     if self.tile is not None and self.shard != "none":
       raise NSTError("--tile and --shard spatial do not combine; choose one")
     if isinstance(self.scales, tuple):

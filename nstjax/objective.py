@@ -360,6 +360,37 @@ def precision(config) -> str:
   return "tf32" if config.precision == "auto" else config.precision
 
 
+# Input channels from which Winograd F(4,3) beat XLA's convolution on a CPU (BENCHMARKS).
+WINOGRAD_MIN_CHANNELS = 256
+
+
+def winograd_convs(config, arch: str, widths=None, platform: str | None = None) -> tuple[str, ...]:
+  """The convs ``config`` runs by Winograd F(4,3) on ``platform`` (default: JAX's default
+  backend) for a network of ``widths`` (default: VGG's own).
+
+  ``winograd``: blocks 3-5 after conv3_1. ``direct``: none. ``auto``: on a CPU
+  (not with bf16 or spatial sharding), those of them with at least
+  :data:`WINOGRAD_MIN_CHANNELS` input channels (an evaluation of the real VGG19
+  takes ~0.7x the time, BENCHMARKS); none on GPUs and TPUs (their convolution
+  libraries choose their own algorithms).
+  """
+  layers = network_layers(config)
+  if config.conv_algorithm == "winograd":
+    return vgg.winograd_convs(arch, layers, widths)
+  platform = platform or jax.default_backend()
+  if (config.conv_algorithm == "direct" or platform != "cpu" or precision(config) == "bf16"
+      or config.shard == "spatial"):
+    return ()
+  return vgg.winograd_convs(arch, layers, widths, WINOGRAD_MIN_CHANNELS)
+
+
+def network(net, config, platform: str | None = None):
+  """``net`` prepared for ``config`` (:func:`nstjax.vgg.prepare`): only the convs the
+  run touches, each with what its algorithm needs (:func:`winograd_convs`)."""
+  return vgg.prepare(net, network_layers(config),
+                     winograd=winograd_convs(config, net.arch, net.widths, platform))
+
+
 def program_key(config) -> tuple:
   """What selects a compiled program: the config's static key and the registered terms."""
   return config.static_key(), tuple((name, id(t)) for name, t in TERMS.items())

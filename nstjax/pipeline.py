@@ -173,8 +173,8 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
     config: the run's settings.
     resize: apply ``config.size``/``style_scale`` (``False``: the images are
       already at the working size, as :func:`nstjax.optimize` takes them).
-    network: ``net`` already passed through :func:`nstjax.vgg.prepare` for
-      this config's layers (batches share one).
+    network: ``net`` already prepared for this config
+      (:func:`nstjax.objective.network`; batches share one).
     like: a job prepared from the same inputs with an equal :func:`targets_key`
       (a sweep over loss weights or seeds): its images and targets are reused.
   """
@@ -205,7 +205,7 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
   objective.check_image_sizes(config, content, styles)
   check_history_fits(config, content.shape[0], content.shape[1])
   if network is None:
-    network = vgg.prepare(net, objective.network_layers(config))
+    network = objective.network(net, config)
   colours = content
   if config.preserve_colors == "match":       # the styles recoloured before their targets
     styles = [ncolour.match_colour(s, content) for s in styles]
@@ -397,6 +397,8 @@ def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: 
       "loss_weights": prepared.loss_weights,
       "style_representation": config.style_spec().describe(),
       "precision": objective.precision(config),
+      "conv_algorithm": ("winograd" if any("winograd" in c for c in prepared.net.convs.values())
+                         else "direct"),
       "line_search": optim.line_search(config),
       "tile": tile_record(config, prepared.content.shape, prepared.net.arch),
       "shard": (None if config.shard == "none" else

@@ -36,7 +36,7 @@ def scale_plan(net: vgg.VGGParams, content_hw: tuple[int, int], style_hws, confi
                network: vgg.VGGParams | None = None) -> dict:
   """One scale's plan at these image shapes (no image of that size is ever computed)."""
   static = config.static_key()
-  network = network or vgg.prepare(net, objective.network_layers(config))
+  network = network or objective.network(net, config)
   h, w = content_hw
   sds = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   content = sds((h, w, 3))
@@ -78,7 +78,7 @@ def make_plan(net: vgg.VGGParams, content, style, config: StyleConfig, device=No
   content = nimage.as_rgb(content, "content")
   styles = [nimage.as_rgb(s, "style") for s in pipeline.style_list(style)]
   schedule = pipeline.scale_schedule(config, max(content.shape[:2]))
-  network = vgg.prepare(net, objective.network_layers(config))
+  network = objective.network(net, config, device.platform if device is not None else None)
   scales = config.style_scale
   entries = []
   for size, steps in schedule:

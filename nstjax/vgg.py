@@ -22,6 +22,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from nstjax.errors import NSTError
 
@@ -142,7 +143,7 @@ class VGGParams:
 
   @property
   def widths(self) -> tuple[int, ...]:
-    return tuple(int(self.convs[f"conv{b}_1"]["kernel"].shape[-1])
+    return tuple(int(self.convs[f"conv{b}_1"]["bias"].shape[-1])
                  for b, _, _ in BLOCKS[self.arch])
 
 
@@ -230,6 +231,137 @@ def _frozen_conv_bwd(precision, res, g):
 frozen_conv.defvjp(_frozen_conv_fwd, _frozen_conv_bwd)
 
 
+# Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for
+# Convolutional Neural Networks", CVPR 2016): a 6x6 input tile gives a 4x4 output
+# tile with 36 products per channel pair instead of 144. Y = A^T [(G g G^T) * (B^T d B)] A.
+_WINOGRAD_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                         [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+                        np.float32)
+_WINOGRAD_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                        [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32)
+_WINOGRAD_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                         [0, 1, -1, 8, -8, 1]], np.float32)
+_TILE, _OUT = 6, 4
+
+
+def winograd_kernel(kernel: Array) -> Array:
+  """HWIO 3x3 kernel -> its Winograd F(4,3) transform ``G g G^T``, (36, Cin, Cout).
+
+  Computed once per run (the network is frozen); 4x the kernel's size.
+  """
+  # (column position, row position, Cin, Cout): the order winograd_conv's tiles take
+  u = jnp.einsum("ai,ijco,bj->baco", _WINOGRAD_G, kernel, _WINOGRAD_G,
+                 precision=jax.lax.Precision.HIGHEST)
+  return u.reshape(_TILE * _TILE, *kernel.shape[2:])
+
+
+def winograd_conv(x: Array, u: Array, precision: str = "tf32") -> Array:
+  """3x3 stride-1 SAME convolution of NHWC ``x`` by Winograd F(4,3).
+
+  Equal to ``lax.conv_general_dilated`` with the kernel ``u`` was made from
+  (:func:`winograd_kernel`) to float32 rounding (relative error ~2e-5 at
+  VGG's widths): the input is cut into 6x6 tiles overlapping by 2, each tile
+  and channel transformed by ``B^T d B``, multiplied with ``u`` as 36 matmuls
+  (one per tile position), and transformed back by ``A^T m A``. The input
+  gradient is the same steps transposed, written out (no convolution, no
+  flipped kernel, the matmuls against the same ``u``). Large maps run in bands
+  of tile rows that fit a CPU's cache (one band per ``_BAND_ELEMENTS`` of tile
+  input, at most ``_MAX_BANDS``), each band a separate set of fusions. Any
+  height and width (edge tiles zero-padded). ``precision``: ``tf32`` or ``fp32`` (the matmuls at
+  ``Precision.HIGHEST``); no bf16: the transforms' constants amplify its
+  rounding.
+  """
+  n, h, w, c = x.shape
+  th, tw = -(-h // _OUT), -(-w // _OUT)
+  xp = jnp.pad(x, ((0, 0), (1, th * _OUT - h + 1), (1, tw * _OUT - w + 1), (0, 0)))
+  # tile rows per band; at most _MAX_BANDS bands (each is its own code: compile time)
+  rows = max(1, _BAND_ELEMENTS // (n * tw * c), -(-th // _MAX_BANDS))
+  bands = [_winograd_valid(xp[:, r * _OUT:min(th, r + rows) * _OUT + 2], u, precision)
+           for r in range(0, th, rows)]
+  y = bands[0] if len(bands) == 1 else jnp.concatenate(bands, axis=1)
+  return y[:, :h, :w]
+
+
+# Tile-channel elements of one band: 256 tiles x 512 channels (a 64 x 64 x 512 map) ran
+# its transforms at memory speed on the project's CPU; 1024 x 256 took 4-5x longer per
+# element (the stacked outputs no longer fit in cache).
+_BAND_ELEMENTS = 256 * 512
+_MAX_BANDS = 8
+
+
+def _combine(matrix, parts):
+  """``[sum_i matrix[r, i] * parts[i] for r]`` as adds of the non-zero terms (fused by XLA)."""
+  out = []
+  for row in np.asarray(matrix):
+    acc = None
+    for coef, part in zip(row, parts):
+      if coef == 0:
+        continue
+      term = part if coef == 1 else -part if coef == -1 else part * float(coef)
+      acc = term if acc is None else acc + term
+    out.append(acc)
+  return out
+
+
+def _dot(precision):
+  return jax.lax.Precision.HIGHEST if precision == "fp32" else None
+
+
+def _stage(matrix, parts, axis):
+  """One transform stage: :func:`_combine`'s outputs stacked along ``axis`` (one fusion)."""
+  return jnp.stack(_combine(matrix, parts), axis=axis)
+
+
+# The transforms run in two stages (rows, then columns), each a stack of six sums
+# over whole arrays: the same memory passes as 36 sums of 16 terms, in a sixth of
+# the code XLA compiles.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _winograd_valid(xp: Array, u: Array, precision: str) -> Array:
+  """VALID 3x3 convolution of ``xp`` (n, 4a + 2, 4b + 2, c) -> (n, 4a, 4b, o)."""
+  n, hp, wp, c = xp.shape
+  a, b = (hp - 2) // _OUT, (wp - 2) // _OUT
+  rows = _stage(_WINOGRAD_BT, [xp[:, i:i + a * _OUT:_OUT] for i in range(_TILE)], 0)
+  v = _stage(_WINOGRAD_BT, [rows[:, :, :, j:j + b * _OUT:_OUT] for j in range(_TILE)], 0)
+  m = jnp.einsum("pnc,pco->pno", v.reshape(_TILE * _TILE, -1, c), u, precision=_dot(precision))
+  m = m.reshape(_TILE, _TILE, n, a, b, -1)                       # (y, x, n, a, b, o)
+  s = _stage(_WINOGRAD_AT, [m[:, x] for x in range(_TILE)], 0)   # (i, y, n, a, b, o)
+  y = _stage(_WINOGRAD_AT, [s[:, y] for y in range(_TILE)], -2)  # (i, n, a, b, j, o)
+  return y.transpose(1, 2, 0, 3, 4, 5).reshape(n, a * _OUT, b * _OUT, -1)
+
+
+def _winograd_valid_fwd(xp, u, precision):
+  return _winograd_valid(xp, u, precision), (u, jnp.zeros((0,) + xp.shape, xp.dtype))
+
+
+def _winograd_valid_bwd(precision, res, g):
+  u, like = res
+  n, hp, wp, c = like.shape[1:]
+  a, b = (hp - 2) // _OUT, (wp - 2) // _OUT
+  g = g.reshape(n, a, _OUT, b, _OUT, -1)
+  gs = _stage(_WINOGRAD_AT.T, [g[:, :, :, :, j] for j in range(_OUT)], 0)   # (y, n, a, i, b, o)
+  gm = _stage(_WINOGRAD_AT.T, [gs[:, :, :, i] for i in range(_OUT)], 1)     # (y, x, n, a, b, o)
+  gv = jnp.einsum("pno,pco->pnc", gm.reshape(_TILE * _TILE, -1, g.shape[-1]), u,
+                  precision=_dot(precision)).reshape(_TILE, _TILE, n, a, b, c)
+  r = _stage(_WINOGRAD_BT.T, [gv[:, x] for x in range(_TILE)], 0)          # (i, y, n, a, b, c)
+  t = _stage(_WINOGRAD_BT.T, [r[:, y] for y in range(_TILE)], -2)          # (i, n, a, b, j, c)
+  t = t.transpose(1, 2, 0, 3, 4, 5)                                        # (n, a, i, b, j, c)
+  return _overlap_add(_overlap_add(t, 1), 2), None
+
+
+def _overlap_add(tiles: Array, axis: int) -> Array:
+  """Tiles of 6 along ``axis + 1`` at a stride of 4 along ``axis`` -> their sum, 4t + 2 long."""
+  pad = lambda a, lo, hi: jnp.pad(a, [(0, 0)] * axis + [(lo, hi)] + [(0, 0)] * (a.ndim - axis - 1))
+  shape = tiles.shape[:axis] + (tiles.shape[axis] * _OUT,) + tiles.shape[axis + 2:]
+  head = jax.lax.slice_in_dim(tiles, 0, _OUT, axis=axis + 1).reshape(shape)
+  tail = jax.lax.slice_in_dim(tiles, _OUT, _TILE, axis=axis + 1)
+  tail = jnp.pad(tail, [(0, 0)] * (axis + 1) + [(0, 2 * _OUT - _TILE)]
+                 + [(0, 0)] * (tiles.ndim - axis - 2)).reshape(shape)
+  return jax.lax.slice_in_dim(pad(head, 0, _OUT) + pad(tail, _OUT, 0), 0, shape[axis] + 2, axis=axis)
+
+
+_winograd_valid.defvjp(_winograd_valid_fwd, _winograd_valid_bwd)
+
+
 def convs_needed(arch: str, layers) -> tuple[str, ...]:
   """The conv layers that computing ``layers`` runs through, in order."""
   order = [name for name, _, _ in conv_layers(arch)]
@@ -244,23 +376,47 @@ def convs_needed(arch: str, layers) -> tuple[str, ...]:
   return tuple(order[: last + 1])
 
 
-def prepare(params: VGGParams, layers=None) -> VGGParams:
+def prepare(params: VGGParams, layers=None, winograd=()) -> VGGParams:
   """Adds ``kernel_flipped`` to every conv so :func:`features` uses :func:`frozen_conv`.
 
   With ``layers``, convs deeper than the deepest of them are dropped (the
-  default style layers never use conv5_2..conv5_4: 28 MB of VGG19).
+  default style layers never use conv5_2..conv5_4: 28 MB of VGG19). The convs
+  named in ``winograd`` get ``winograd`` (:func:`winograd_kernel`) in place of
+  their kernels, and :func:`features` runs them by :func:`winograd_conv`.
   """
   keep = convs_needed(params.arch, layers) if layers is not None else tuple(params.convs)
   kept = {name: params.convs[name] for name in keep}
-  flipped = _flip_all({name: p["kernel"] for name, p in kept.items()})  # one program, not 30
-  convs = {name: {"kernel": p["kernel"], "bias": p["bias"], "kernel_flipped": flipped[name]}
+  unknown = sorted(set(winograd) - set(kept))
+  if unknown:
+    raise NSTError(f"no conv {unknown[0]!r} among {', '.join(kept)}")
+  direct = {name: p["kernel"] for name, p in kept.items() if name not in winograd}
+  fast = {name: p["kernel"] for name, p in kept.items() if name in winograd}
+  flipped, transformed = _transform_all(direct, fast)  # one program, not 30
+  convs = {name: ({"winograd": transformed[name]} if name in fast else
+                  {"kernel": p["kernel"], "kernel_flipped": flipped[name]}) | {"bias": p["bias"]}
            for name, p in kept.items()}
   return dataclasses.replace(params, convs=convs)
 
 
 @jax.jit
-def _flip_all(kernels):
-  return {name: flip_kernel(k) for name, k in kernels.items()}
+def _transform_all(direct, fast):
+  return ({name: flip_kernel(k) for name, k in direct.items()},
+          {name: winograd_kernel(k) for name, k in fast.items()})
+
+
+def winograd_convs(arch: str, layers=None, widths=None, min_channels: int = 0) -> tuple[str, ...]:
+  """The convs Winograd F(4,3) may run: those of blocks 3-5 after conv3_1 whose input has
+  at least ``min_channels`` channels, of those ``layers`` need.
+
+  On the project's CPU it runs VGG19's (256 and 512 input channels) in 0.5-0.8x
+  XLA's time (forward + input gradient, BENCHMARKS); at 64 and 128 channels its
+  transforms cost more than the products save.
+  """
+  needed = set(convs_needed(arch, layers)) if layers is not None else None
+  convs = conv_layers(arch, widths)
+  first = next(i for i, (name, _, _) in enumerate(convs) if name == "conv3_1")
+  return tuple(name for name, c_in, _ in convs[first + 1:]
+               if c_in >= min_channels and (needed is None or name in needed))
 
 
 def pool2x2(x: Array, pooling: str) -> Array:
@@ -331,7 +487,11 @@ def features(params: VGGParams, image: Array, *, layers: tuple[str, ...],
         return out
       name = f"conv{block}_{i}"
       p = params.convs[name]
-      if "kernel_flipped" in p:
+      if "winograd" in p:
+        if precision == "bf16":
+          raise NSTError("Winograd convolutions run in fp32 or tf32, not bf16")
+        x = winograd_conv(x, p["winograd"], precision)
+      elif "kernel_flipped" in p:
         x = frozen_conv(x, p["kernel"], p["kernel_flipped"], precision)
       else:
         x = _conv(x, p["kernel"], precision)

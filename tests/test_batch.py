@@ -27,23 +27,26 @@ def _jobs(n=3):
   return contents, styles, configs
 
 
-@pytest.mark.parametrize("optimizer,line_search,mode,steps_per_call", [
-    ("lbfgs", "auto", "vmap", None), ("lbfgs", "auto", "map", None), ("lbfgs", "zoom", "auto", None),
-    ("adam", "auto", "vmap", None),
+@pytest.mark.parametrize("optimizer,line_search,mode,steps_per_call,conv", [
+    ("lbfgs", "auto", "vmap", None, "auto"), ("lbfgs", "auto", "map", None, "auto"),
+    ("lbfgs", "zoom", "auto", None, "auto"), ("adam", "auto", "vmap", None, "auto"),
     # several steps per call: one call of 3 steps, then one of 1
-    ("lbfgs", "auto", "vmap", 3), ("lbfgs", "zoom", "auto", 3)])
-def test_batched_equals_sequential(tiny_net, optimizer, line_search, mode, steps_per_call):
+    ("lbfgs", "auto", "vmap", 3, "auto"), ("lbfgs", "zoom", "auto", 3, "auto"),
+    ("adam", "auto", "vmap", None, "winograd")])
+def test_batched_equals_sequential(tiny_net, optimizer, line_search, mode, steps_per_call, conv):
   from nstjax.batch import batch_mode
   contents, styles, configs = _jobs()
-  configs = [dataclasses.replace(c, optimizer=optimizer, line_search=line_search, batch_mode=mode)
-             for c in configs]
+  configs = [dataclasses.replace(c, optimizer=optimizer, line_search=line_search, batch_mode=mode,
+                                 conv_algorithm=conv) for c in configs]
   assert batch_mode(configs[0]) == ("map" if line_search == "zoom" else mode)
   results = nstjax.stylize_batch(tiny_net, contents, styles, configs, steps_per_call=steps_per_call)
   for c, s, cfg, r in zip(contents, styles, configs, results):
     alone = nstjax.stylize_result(c, s, cfg, net=tiny_net)
     assert r.status == "done"
     assert r.summary["batch"]["mode"] == batch_mode(cfg)   # 32x40 pixels: no size rule
-    np.testing.assert_allclose(r.image, alone.image, atol=1e-6)
+    # Winograd's matmuls, batched, round differently from one job's (seen: 1.2e-6).
+    np.testing.assert_allclose(r.image, alone.image, atol=1e-6 if conv == "auto" else 5e-6)
+    assert r.summary["conv_algorithm"] == ("direct" if conv == "auto" else "winograd")
     assert r.summary["losses"]["total"] == pytest.approx(alone.summary["losses"]["total"], rel=1e-5)
     assert r.summary["evaluations"] == alone.summary["evaluations"]
 

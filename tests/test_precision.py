@@ -1,4 +1,5 @@
-"""The precision policy: fp32, tf32 (JAX's default) and bf16 convolutions; fp32 everywhere else."""
+"""The precision policy: fp32, tf32 (JAX's default) and bf16 convolutions; fp32 everywhere else.
+The convolution algorithm: XLA's (direct) or Winograd F(4,3)."""
 
 import dataclasses
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 import nstjax
-from nstjax import NSTError, optim, pipeline, vgg
+from conftest import TINY_WIDTHS as TINY
+from nstjax import NSTError, objective, optim, pipeline, vgg
 
 BASE = nstjax.StyleConfig(size=None, iterations=8, style_weight=1e3)
 
@@ -55,3 +57,61 @@ def test_bf16_gradient_flows(tiny_net, content32, style32):
                       prepared.targets, prepared.weights)
   assert np.isfinite(float(metrics["loss"])) and new.image.dtype == jnp.float32
   assert float(jnp.abs(new.image - state.image).max()) > 0
+
+
+def test_conv_algorithm_auto_is_winograd_on_a_cpu_only_where_it_applies():
+  wide = ("conv3_2", "conv3_3", "conv3_4", "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1")
+  auto = nstjax.StyleConfig()   # layers to relu5_1
+  rule = lambda cfg, platform, widths=None: objective.winograd_convs(cfg, "vgg19", widths, platform)
+  assert rule(auto, "cpu") == wide                      # VGG19: 256 and 512 input channels
+  assert rule(auto, "gpu") == rule(auto, "tpu") == ()
+  assert rule(dataclasses.replace(auto, precision="bf16"), "cpu") == ()
+  assert rule(dataclasses.replace(auto, shard="spatial"), "cpu") == ()
+  assert rule(auto, "cpu", (64, 128, 128, 256, 256)) == ("conv4_2", "conv4_3", "conv4_4", "conv5_1")
+  assert rule(auto, "cpu", TINY) == ()                  # narrow layers: the transforms cost more
+  assert rule(dataclasses.replace(auto, conv_algorithm="winograd"), "gpu", TINY) == wide
+  assert rule(dataclasses.replace(auto, conv_algorithm="direct"), "cpu") == ()
+  with pytest.raises(NSTError, match="not bf16"):
+    dataclasses.replace(auto, conv_algorithm="winograd", precision="bf16").validate()
+  with pytest.raises(NSTError, match="not partitioned spatially"):
+    dataclasses.replace(auto, conv_algorithm="winograd", shard="spatial").validate()
+  with pytest.raises(NSTError, match="unknown conv algorithm"):
+    dataclasses.replace(auto, conv_algorithm="fft").validate()
+
+
+def test_winograd_and_direct_runs_agree_and_the_summary_says_which(tiny_net, content32, style32):
+  out = {}
+  for algorithm, uses in (("direct", set()), ("auto", set()),   # auto: the tiny net is narrow
+                          ("winograd", {"conv3_2", "conv3_3", "conv3_4", "conv4_1", "conv4_2",
+                                        "conv4_3", "conv4_4", "conv5_1"})):
+    cfg = dataclasses.replace(BASE, conv_algorithm=algorithm)
+    out[algorithm] = r = nstjax.optimize(tiny_net, content32, style32, cfg)
+    assert r.summary["conv_algorithm"] == ("winograd" if uses else "direct")
+    net = pipeline.prepare(tiny_net, content32, style32, cfg, resize=False).net
+    assert {name for name, c in net.convs.items() if "winograd" in c} == uses
+  direct, winograd = out["direct"].summary, out["winograd"].summary
+  assert winograd["initial_losses"]["total"] == pytest.approx(direct["initial_losses"]["total"],
+                                                              rel=1e-5)
+  assert winograd["losses"]["total"] == pytest.approx(direct["losses"]["total"], rel=1e-3)
+  np.testing.assert_allclose(out["winograd"].image, out["direct"].image, atol=1e-3)
+
+
+def test_conv_algorithm_from_the_cli_and_a_manifest(tmp_path, image_files, tiny_weights_file, capsys):
+  import json
+  from test_cli import nstjax_cli
+  content, style = image_files
+  common = ["--size", "32", "--iterations", "2", "--weights", tiny_weights_file, "-q"]
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "a.png", "--summary",
+                             tmp_path / "a.json", "--conv-algorithm", "direct", *common], capsys)
+  assert code == 0, err
+  assert json.loads((tmp_path / "a.json").read_text())["conv_algorithm"] == "direct"
+  manifest = tmp_path / "jobs.csv"
+  manifest.write_text("content,style,conv_algorithm,name\n"
+                      f"{content},{style},winograd,w\n{content},{style},direct,d\n")
+  code, _, err = nstjax_cli(["batch", manifest, "-o", tmp_path / "out", *common], capsys)
+  assert code == 0, err
+  for name, algorithm in (("w", "winograd"), ("d", "direct")):
+    assert json.loads((tmp_path / "out" / f"{name}.json").read_text())["conv_algorithm"] == algorithm
+  code, _, err = nstjax_cli(["stylize", content, style, "-o", tmp_path / "b.png", "--precision",
+                             "bf16", "--conv-algorithm", "winograd", *common], capsys)
+  assert code == 1 and "not bf16" in err and len(err.strip().splitlines()) == 1

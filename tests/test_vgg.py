@@ -126,3 +126,58 @@ def test_flax_module_equals_pure_function(tiny_net, pooling):
   ref = vgg.features(tiny_net, jnp.asarray(image), layers=layers, pooling=pooling)
   for k in layers:
     np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5 * float(jnp.abs(ref[k]).max()))
+
+
+# --- Winograd F(4,3) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 13, 18, 5), (2, 8, 8, 3), (1, 3, 1, 4)])
+@pytest.mark.parametrize("band", [None, 8])
+def test_winograd_conv_equals_xla_conv_and_its_input_gradient(monkeypatch, shape, band):
+  if band is not None:   # several bands of tile rows, the last one shorter
+    monkeypatch.setattr(vgg, "_BAND_ELEMENTS", band * shape[-1] * shape[0])
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 6)), jnp.float32)
+  u = vgg.winograd_kernel(k)
+  direct = lambda x: vgg._conv(x, k, "fp32")
+  winograd = lambda x: vgg.winograd_conv(x, u, "fp32")
+  ref = np.stack([np_conv_same(np.asarray(xi, np.float64), np.asarray(k, np.float64), 0.0)
+                  for xi in np.asarray(x)])
+  np.testing.assert_allclose(jax.jit(winograd)(x), ref, atol=2e-5 * np.abs(ref).max())
+  probe = jnp.asarray(rng.standard_normal(shape[:-1] + (6,)), jnp.float32)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(jnp.sin(f(x)) * probe))(x)
+  g_direct, g_winograd = grad(direct), jax.jit(lambda x: grad(winograd))(x)
+  np.testing.assert_allclose(g_winograd, g_direct, atol=2e-5 * float(jnp.abs(g_direct).max()))
+
+
+def test_winograd_network_gives_the_same_features_and_gradients(tiny_net):
+  image = np.random.default_rng(1).random((36, 28, 3)).astype(np.float32)
+  layers = ("relu1_1", "relu3_1", "conv4_2", "relu5_1")
+  fast = vgg.winograd_convs("vgg19", layers, TINY_WIDTHS)
+  assert fast == ("conv3_2", "conv3_3", "conv3_4", "conv4_1", "conv4_2", "conv4_3", "conv4_4",
+                  "conv5_1")
+  direct, winograd = vgg.prepare(tiny_net, layers), vgg.prepare(tiny_net, layers, winograd=fast)
+  assert "winograd" in winograd.convs["conv4_2"] and "kernel" not in winograd.convs["conv4_2"]
+  assert "kernel_flipped" in winograd.convs["conv3_1"]
+
+  def loss(net, x):
+    f = vgg.features(net, x, layers=layers, pooling="avg", precision="fp32")
+    return sum(jnp.sum(jnp.sin(v)) for v in f.values()), f
+
+  (v1, f1), g1 = jax.jit(jax.value_and_grad(loss, argnums=1, has_aux=True))(direct, image)
+  (v2, f2), g2 = jax.jit(jax.value_and_grad(loss, argnums=1, has_aux=True))(winograd, image)
+  for name in layers:
+    np.testing.assert_allclose(f2[name], f1[name], atol=2e-5 * float(jnp.abs(f1[name]).max()),
+                               err_msg=name)
+  np.testing.assert_allclose(g2, g1, atol=2e-5 * float(jnp.abs(g1).max()))
+  with pytest.raises(NSTError, match="not bf16"):
+    vgg.features(winograd, image, layers=layers, precision="bf16")
+  with pytest.raises(NSTError, match="no conv 'conv5_4'"):
+    vgg.prepare(tiny_net, layers, winograd=("conv5_4",))
+
+
+def test_winograd_convs_are_blocks_3_to_5_after_conv3_1():
+  assert vgg.winograd_convs("vgg19")[0] == "conv3_2" and len(vgg.winograd_convs("vgg19")) == 11
+  assert vgg.winograd_convs("vgg16", ("relu4_1",)) == ("conv3_2", "conv3_3", "conv4_1")
+  assert vgg.winograd_convs("vgg19", ("relu3_1",)) == ()
+  assert vgg.winograd_convs("vgg16", ("relu4_2",), min_channels=512) == ("conv4_2",)
