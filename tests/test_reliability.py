@@ -1,6 +1,7 @@
 """No lost work, no silent garbage, no traceback: stop signals, same-path mistakes, write
 checks, library inputs, damaged weights, odd values."""
 
+import gc
 import json
 import os
 import signal
@@ -120,6 +121,9 @@ def _interrupt_everywhere(write, folder, events=("call", "line")):
           raise Interrupted(signal.SIGTERM, "SIGTERM")
       return tracer if "line" in events else None
 
+    # No garbage collection inside the traced write: the tracer would otherwise raise
+    # in JAX's gc callback, where the exception is only printed (a pytest warning).
+    gc.disable()
     sys.settrace(tracer)
     try:
       write()
@@ -129,6 +133,7 @@ def _interrupt_everywhere(write, folder, events=("call", "line")):
       continue
     finally:
       sys.settrace(None)
+      gc.enable()
     return n
 
 
