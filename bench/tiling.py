@@ -5,7 +5,11 @@
 
 ``--check``: in one process, the loss and gradient of the real VGG19 objective
 (tubingen/starry_night, defaults) untiled and with tiles of a quarter of the
-size: their largest relative difference. ``--measure``: each tile setting in a
+size: their largest relative difference and where it is; once per
+``--check-algorithms`` value (``--conv-algorithm``), with the conv units of
+blocks 3-5 whose ReLU is on in one algorithm and off in XLA's direct
+convolution (values within rounding of zero: each moves the gradient in a
+patch around it). ``--measure``: each tile setting in a
 fresh process: the plan's estimated peak, then 2 steps of a real run (seconds
 per evaluation, compile seconds, the first loss) and the process's peak RSS.
 ``--pairs``: the measured runs' L-BFGS history (default 100). ``--project``: the plan
@@ -31,26 +35,54 @@ def _tile(text):
   return None if text in (None, "none") else int(text)
 
 
-def check(size: int):
+def check(size: int, conv_algorithm: str = "auto"):
   import jax
   import jax.numpy as jnp
   import numpy as np
   import nstjax
-  from nstjax import objective, pipeline
+  from nstjax import objective, pipeline, vgg
   net = nstjax.load_weights()
   out = {"size": size}
   results = {}
   for tile in (None, size // 4):
-    cfg = nstjax.StyleConfig(size=size, tile=tile)
+    cfg = nstjax.StyleConfig(size=size, tile=tile, conv_algorithm=conv_algorithm)
     prepared = pipeline.prepare(net, CONTENT, STYLE, cfg)
     f = objective.make_objective(cfg.static_key())
     image = jnp.asarray(prepared.content)
     value, grad = jax.jit(jax.value_and_grad(
         lambda x: f(x, net=prepared.net, targets=prepared.targets, weights=prepared.weights)))(image)
-    results[tile] = (float(value), np.asarray(grad))
-  (v0, g0), (v1, g1) = results[None], results[size // 4]
-  out.update(tile=size // 4, loss_untiled=v0, loss_tiled=v1, loss_rel_diff=abs(v1 - v0) / abs(v0),
-             grad_max_rel_diff=float(np.max(np.abs(g1 - g0)) / np.max(np.abs(g0))))
+    results[tile] = (float(value), np.asarray(grad), prepared.targets)
+    algorithm = "winograd" if any("winograd" in c for c in prepared.net.convs.values()) else "direct"
+  (v0, g0, t0), (v1, g1, t1) = results[None], results[size // 4]
+
+  def largest(a, b):   # largest difference over the largest entry, and where (pixels)
+    d = np.abs(np.asarray(a) - np.asarray(b))
+    return (float(d.max() / np.abs(np.asarray(b)).max()),
+            [int(i) for i in np.unravel_index(d.argmax(), d.shape)[:2]])
+
+  out.update(tile=size // 4, conv_algorithm=algorithm, loss_untiled=v0, loss_tiled=v1,
+             loss_rel_diff=abs(v1 - v0) / abs(v0))
+  out["grad_max_rel_diff"], out["grad_max_diff_at_px"] = largest(g1, g0)
+  out["targets_max_rel_diff"] = max(largest(a, b)[0] for a, b in
+                                    zip(jax.tree.leaves(t1), jax.tree.leaves(t0)))
+  # Against XLA's convolutions, untiled: the gradient, and the ReLUs switched
+  convs = tuple(n for n in prepared.net.convs if n[4] in "345" and n != "conv3_1")
+  acts = []
+  for alg in ("direct", conv_algorithm):
+    cfg = nstjax.StyleConfig(size=size, conv_algorithm=alg)
+    p = pipeline.prepare(net, CONTENT, STYLE, cfg)
+    acts.append(jax.jit(lambda n, x: vgg.features(n, x, layers=convs, pooling=cfg.pooling))(
+        p.net, p.content))
+    if alg == "direct":
+      f = objective.make_objective(cfg.static_key())
+      g_direct = jax.jit(jax.grad(
+          lambda x: f(x, net=p.net, targets=p.targets, weights=p.weights)))(p.content)
+  out["untiled_grad_vs_direct"] = largest(g0, g_direct)
+  out["relu_switched_vs_direct"] = {
+      name: [[int(y) * 2 ** (int(name[4]) - 1), int(x) * 2 ** (int(name[4]) - 1)]
+             for y, x, _ in np.argwhere((np.asarray(acts[0][name]) > 0)
+                                        != (np.asarray(acts[1][name]) > 0))]
+      for name in convs}
   print(json.dumps(out))
 
 
@@ -85,9 +117,10 @@ def main():
   ap.add_argument("--pairs", type=int, default=100)
   ap.add_argument("--run", action="store_true")
   ap.add_argument("--do-check", type=int, default=None)
+  ap.add_argument("--check-algorithms", default="auto", help="--conv-algorithm values to check")
   args = ap.parse_args()
   if args.do_check is not None:
-    return check(args.do_check)
+    return check(args.do_check, args.check_algorithms)
   if args.worker is not None:
     return worker(args.worker, _tile(args.tile), args.run, args.pairs)
 
@@ -98,7 +131,8 @@ def main():
     print(json.dumps({k: v for k, v in got.items() if k != "plan"}), file=sys.stderr, flush=True)
     return got
 
-  result = {"check": child("--do-check", args.check) if args.check else None}
+  result = {"check": [child("--do-check", args.check, "--check-algorithms", a)
+                      for a in args.check_algorithms.split(",")] if args.check else []}
   result["measured"] = [child("--worker", args.measure, "--tile", t, "--run", "--pairs", args.pairs)
                         for t in args.tiles.split(",")] if args.measure else []
   projected = []

@@ -79,6 +79,13 @@ def test_blended_styles_and_jcjohnson_form_tile_exactly(tiny_net):
   _assert_same(tiny_net, 16, loss_form="jcjohnson", pooling="max", **SHALLOW)
 
 
+def test_winograd_convolutions_tile_exactly(tiny_net):
+  """Windows run blocks 3-5 by Winograd as the whole image does: the same loss and gradient."""
+  net = objective.network(tiny_net, StyleConfig(conv_algorithm="winograd"))
+  assert "winograd" in net.convs["conv4_2"]
+  _assert_same(net, 16, conv_algorithm="winograd")
+
+
 def test_a_halo_too_small_breaks_exactness(tiny_net, monkeypatch):
   """The halo is what makes it exact: half of it gives another gradient."""
   v0, g0, _ = _loss_and_grad(tiny_net, StyleConfig(**SHALLOW))
