@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 
 import jax
@@ -30,6 +33,33 @@ def device_capacity(device=None) -> int | None:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
   except (ValueError, OSError, AttributeError):
     return None
+
+
+@functools.cache
+def _malloc_trim():
+  """glibc's ``malloc_trim``, or ``None`` (musl, macOS, Windows)."""
+  try:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name).malloc_trim if name else None
+  except (OSError, AttributeError):
+    return None
+
+
+def release_host_memory() -> bool:
+  """Hands the host memory that ``free`` kept back to the operating system; whether it could.
+
+  XLA's compiler allocates hundreds of MB of small blocks and frees them when a
+  program is built; glibc keeps them in its arenas, so the process's resident
+  memory stays that much higher for the rest of the run and the optimisation's
+  buffers come on top. Called after each compilation (:mod:`nstjax.programs`)
+  and after a run's preparation: on the project's CPU it lowers the peak RSS of
+  a 256 px run by about 200 MB (BENCHMARKS). A no-op without glibc.
+  """
+  trim = _malloc_trim()
+  if trim is None:
+    return False
+  trim(0)
+  return True
 
 
 def lbfgs_history_bytes(height: int, width: int, memory: int) -> int:

@@ -220,6 +220,7 @@ def prepare(net: vgg.VGGParams, content, style, config: StyleConfig, *, resize: 
     mesh = spatial.make_mesh()
     spatial.check(content.shape[0], mesh)
     content, targets = spatial.place((content, targets), mesh, content.shape)
+  memory.release_host_memory()   # what compiling the network's programs freed (after the calls)
   return Prepared(config=config, net=network, content=content, styles=styles,
                   style_weights=weights, colours=colours, targets=targets,
                   weights=objective.make_weights(config, net.preprocessing, net.normalized),

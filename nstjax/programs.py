@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import jax
 
-from nstjax import files
+from nstjax import files, memory
 
 MAX_PROGRAMS = 32
 
@@ -48,6 +48,7 @@ class _Cache:
       self.misses += 1
     t0 = time.perf_counter()
     program = build()
+    memory.release_host_memory()   # the compiler's freed blocks: not kept beside the run's buffers
     seconds = time.perf_counter() - t0
     with self.lock:
       self.entries[key] = program

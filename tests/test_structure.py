@@ -281,6 +281,21 @@ def test_program_cache_is_bounded_and_clearable(tiny_net, content32, style32):
   assert nstjax.optimize(tiny_net, content32, style32, BASE).summary["compile_seconds"] > 0
 
 
+def test_host_memory_is_released_after_each_compilation_and_preparation(
+    tiny_net, content32, style32, monkeypatch):
+  import platform
+  from nstjax import memory
+  if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+    assert memory.release_host_memory()        # glibc's malloc_trim found and called
+  calls = []
+  monkeypatch.setattr(memory, "release_host_memory", lambda: calls.append(1) or True)
+  nstjax.clear_cache()
+  nstjax.optimize(tiny_net, content32, style32, BASE)
+  assert len(calls) == 3                       # prepare, the terms and the step program
+  nstjax.optimize(tiny_net, content32, style32, BASE)
+  assert len(calls) == 4                       # programs cached: prepare only
+
+
 # --- a new term is one registration ------------------------------------------------------
 
 def test_registering_a_term_reaches_targets_weights_and_the_summary(tiny_net, content32, style32):
