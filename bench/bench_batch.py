@@ -7,9 +7,11 @@ one group), real VGG19.
 
     python bench/bench_batch.py --sizes 128,256 --batches 1,4,8 --iterations 30
 
-``--other DIR`` also runs every batch command with another version of nstjax
-(a folder holding an ``nstjax`` package laid out as installed), right after
-this version's, so both share the machine's noise.
+``--conv-algorithms auto,direct`` times every command once per convolution
+algorithm (``--conv-algorithm``), in one invocation. ``--other DIR`` also runs
+every batch command with another version of nstjax (a folder holding an
+``nstjax`` package laid out as installed), right after this version's, so both
+share the machine's noise.
 """
 
 from __future__ import annotations
@@ -53,21 +55,25 @@ def main():
   ap.add_argument("--sharded-size", type=int, default=128)
   ap.add_argument("--modes", default="auto", help="batch modes to time (auto,vmap,map)")
   ap.add_argument("--skip-sharded", action="store_true")
+  ap.add_argument("--conv-algorithms", default="auto", help="--conv-algorithm values to time")
   ap.add_argument("--other", help="folder with another version's nstjax package, run side by side")
   args = ap.parse_args()
   rows = []
   common = ["--iterations", str(args.iterations), "-q"]
   with tempfile.TemporaryDirectory() as tmp:
     subprocess.run(NSTJAX + ["weights", "fetch"], check=True, capture_output=True)
-    for size in [int(s) for s in args.sizes.split(",")]:
+    cells = [(int(s), a) for s in args.sizes.split(",") for a in args.conv_algorithms.split(",")]
+    for size, alg in cells:
+      algo = ["--conv-algorithm", alg]
       total, rss = 0.0, 0.0
       for i, w in enumerate(weights_for(args.separate) if args.separate else []):
         secs, peak = timed(NSTJAX + ["stylize", str(CONTENT), str(STYLE), "-o",
-                                     f"{tmp}/sep_{size}_{i}.png", "--size", str(size),
-                                     "--style-weight", w] + common)
+                                     f"{tmp}/sep_{size}_{alg}_{i}.png", "--size", str(size),
+                                     "--style-weight", w] + common + algo)
         total, rss = total + secs, max(rss, peak)
       if args.separate:
-        rows.append({"size": size, "mode": "separate processes", "jobs": args.separate,
+        rows.append({"size": size, "conv_algorithm": alg, "mode": "separate processes",
+                     "jobs": args.separate,
                      "seconds": round(total, 2), "peak_rss_mb": rss,
                      "images_per_minute": round(60 * args.separate / total, 2)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -78,9 +84,10 @@ def main():
             env = dict(os.environ, PYTHONPATH=path) if path else None
             secs, peak = timed(NSTJAX + ["batch", "--content", str(CONTENT), "--style", str(STYLE),
                                          "--sweep", "style-weight=" + ",".join(weights_for(b)), "-o",
-                                         f"{tmp}/batch_{size}_{b}_{mode}_{version}", "--size",
-                                         str(size), "--batch-mode", mode] + common, env=env)
-            rows.append({"size": size, "mode": f"nstjax batch ({mode})", "version": version,
+                                         f"{tmp}/batch_{size}_{alg}_{b}_{mode}_{version}", "--size",
+                                         str(size), "--batch-mode", mode] + common + algo, env=env)
+            rows.append({"size": size, "conv_algorithm": alg, "mode": f"nstjax batch ({mode})",
+                         "version": version,
                          "jobs": b, "seconds": round(secs, 2), "peak_rss_mb": peak,
                          "images_per_minute": round(60 * b / secs, 2)})
             if args.separate:

@@ -12,6 +12,10 @@ Two measurements, best of ``--reps``, printed as JSON:
   run), every conv direct against blocks 3-5 by Winograd (the ``auto`` rule).
 
     python bench/winograd.py --sizes 256,512 > bench/out/winograd.json
+    python bench/winograd.py --sizes 96,128,160,192 --no-layers > bench/out/winograd_small.json
+
+Each evaluation row also gives each program's compile time (a fresh run pays
+it once, or reads it from the persistent cache).
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ def evaluations(sizes, reps, steps=3):
       grad = jax.value_and_grad(loss, argnums=1)
       looped = jax.jit(lambda p, x: jax.lax.fori_loop(
           0, steps, lambda i, x: x - 1e-9 * grad(p, x)[1], x))
+      t0 = time.perf_counter()
+      looped = looped.lower(p, image).compile()
+      row[f"{name}_compile_s"] = round(time.perf_counter() - t0, 2)
       row[f"{name}_s_per_eval"] = round(best(looped, p, image, n=reps) / steps, 4)
     row["ratio"] = round(row["winograd_s_per_eval"] / row["direct_s_per_eval"], 3)
     rows.append(row)
@@ -93,13 +100,14 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--sizes", default="256,512", help="image sizes of the evaluation figure")
   ap.add_argument("--reps", type=int, default=5)
+  ap.add_argument("--no-layers", action="store_true", help="the evaluation figure only")
   args = ap.parse_args()
   print(json.dumps({"what": "3x3 conv forward + input gradient (ms) and VGG19 loss + gradient in "
                             "a fori_loop (s), best of reps; direct = XLA's convolution",
                     "jax": jax.__version__, "backend": jax.default_backend(),
                     "device": jax.devices()[0].device_kind,
                     "machine": platform.processor() or platform.machine(), "reps": args.reps,
-                    "layers": layers(args.reps),
+                    "layers": [] if args.no_layers else layers(args.reps),
                     "evaluations": evaluations([int(s) for s in args.sizes.split(",")], args.reps)},
                    indent=1))
 

@@ -173,6 +173,19 @@ def test_several_steps_per_call_equal_one_at_a_time(tiny_net, content32, style32
   assert seen == [False, False, False, True, True, True, True]
 
 
+def test_the_loop_fetches_once_per_call(tiny_net, content32, style32, monkeypatch):
+  """One device-to-host transfer per call of K steps (the metrics); jax.transfer_guard
+  would count on a GPU, but on XLA:CPU arrays already live on the host and it never fires."""
+  cfg = dataclasses.replace(BASE, line_search="backtracking", iterations=8)
+  prepared = pipeline.prepare(tiny_net, content32, style32, cfg, resize=False)
+  pipeline.run(prepared, steps_per_call=4)     # compiled before counting
+  fetched, real = [], jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda x: fetched.append(x) or real(x))
+  r = pipeline.run(prepared, steps_per_call=4)
+  assert len(fetched) == 2 and len(r.trace) == 8
+  assert set(fetched[0]) >= {"loss", "evaluations"} and len(fetched[0]["loss"]) == 4
+
+
 def test_non_finite_inside_a_call_keeps_the_last_finite_image(tiny_net, content32, style32):
   cfg = dataclasses.replace(BASE, line_search="none", lr=1e30, iterations=8)
   prepared = pipeline.prepare(tiny_net, content32, style32, cfg, resize=False)
