@@ -53,7 +53,7 @@ def release_host_memory() -> bool:
   memory stays that much higher for the rest of the run and the optimisation's
   buffers come on top. Called after each compilation (:mod:`nstjax.programs`)
   and after a run's preparation: on the project's CPU it lowers the peak RSS of
-  a 256 px run by about 200 MB (BENCHMARKS). A no-op without glibc.
+  256 and 512 px runs by about 230 MB (BENCHMARKS). A no-op without glibc.
   """
   trim = _malloc_trim()
   if trim is None:
