@@ -52,7 +52,7 @@ def check(size: int, conv_algorithm: str = "auto"):
     value, grad = jax.jit(jax.value_and_grad(
         lambda x: f(x, net=prepared.net, targets=prepared.targets, weights=prepared.weights)))(image)
     results[tile] = (float(value), np.asarray(grad), prepared.targets)
-    algorithm = "winograd" if any("winograd" in c for c in prepared.net.convs.values()) else "direct"
+    algorithm = vgg.conv_algorithm(prepared.net)
   (v0, g0, t0), (v1, g1, t1) = results[None], results[size // 4]
 
   def largest(a, b):   # largest difference over the largest entry, and where (pixels)

@@ -398,8 +398,7 @@ def summarise(prepared: Prepared, *, status: str, iterations: int, evaluations: 
       "loss_weights": prepared.loss_weights,
       "style_representation": config.style_spec().describe(),
       "precision": objective.precision(config),
-      "conv_algorithm": ("winograd" if any("winograd" in c for c in prepared.net.convs.values())
-                         else "direct"),
+      "conv_algorithm": vgg.conv_algorithm(prepared.net),
       "line_search": optim.line_search(config),
       "tile": tile_record(config, prepared.content.shape, prepared.net.arch),
       "shard": (None if config.shard == "none" else

@@ -404,6 +404,11 @@ def _transform_all(direct, fast):
           {name: winograd_kernel(k) for name, k in fast.items()})
 
 
+def conv_algorithm(params: VGGParams) -> str:
+  """``"winograd"`` if :func:`prepare` gave any conv Winograd kernels, else ``"direct"``."""
+  return "winograd" if any("winograd" in c for c in params.convs.values()) else "direct"
+
+
 def winograd_convs(arch: str, layers=None, widths=None, min_channels: int = 0) -> tuple[str, ...]:
   """The convs Winograd F(4,3) may run: those of blocks 3-5 after conv3_1 whose input has
   at least ``min_channels`` channels, of those ``layers`` need.
