@@ -42,42 +42,35 @@ def check(size: int, conv_algorithm: str = "auto"):
   import nstjax
   from nstjax import objective, pipeline, vgg
   net = nstjax.load_weights()
-  out = {"size": size}
-  results = {}
-  for tile in (None, size // 4):
-    cfg = nstjax.StyleConfig(size=size, tile=tile, conv_algorithm=conv_algorithm)
-    prepared = pipeline.prepare(net, CONTENT, STYLE, cfg)
-    f = objective.make_objective(cfg.static_key())
-    image = jnp.asarray(prepared.content)
-    value, grad = jax.jit(jax.value_and_grad(
-        lambda x: f(x, net=prepared.net, targets=prepared.targets, weights=prepared.weights)))(image)
-    results[tile] = (float(value), np.asarray(grad), prepared.targets)
-    algorithm = vgg.conv_algorithm(prepared.net)
-  (v0, g0, t0), (v1, g1, t1) = results[None], results[size // 4]
+  runs = {}
+
+  def run(alg, tile):   # (prepared, loss, gradient at the content image); each once
+    if (alg, tile) not in runs:
+      cfg = nstjax.StyleConfig(size=size, tile=tile, conv_algorithm=alg)
+      p = pipeline.prepare(net, CONTENT, STYLE, cfg)
+      f = objective.make_objective(cfg.static_key())
+      value, grad = jax.jit(jax.value_and_grad(
+          lambda x: f(x, net=p.net, targets=p.targets, weights=p.weights)))(jnp.asarray(p.content))
+      runs[alg, tile] = (p, float(value), np.asarray(grad))
+    return runs[alg, tile]
 
   def largest(a, b):   # largest difference over the largest entry, and where (pixels)
     d = np.abs(np.asarray(a) - np.asarray(b))
     return (float(d.max() / np.abs(np.asarray(b)).max()),
             [int(i) for i in np.unravel_index(d.argmax(), d.shape)[:2]])
 
-  out.update(tile=size // 4, conv_algorithm=algorithm, loss_untiled=v0, loss_tiled=v1,
-             loss_rel_diff=abs(v1 - v0) / abs(v0))
+  (p0, v0, g0), (p1, v1, g1) = run(conv_algorithm, None), run(conv_algorithm, size // 4)
+  out = {"size": size, "tile": size // 4, "conv_algorithm": vgg.conv_algorithm(p0.net),
+         "loss_untiled": v0, "loss_tiled": v1, "loss_rel_diff": abs(v1 - v0) / abs(v0)}
   out["grad_max_rel_diff"], out["grad_max_diff_at_px"] = largest(g1, g0)
   out["targets_max_rel_diff"] = max(largest(a, b)[0] for a, b in
-                                    zip(jax.tree.leaves(t1), jax.tree.leaves(t0)))
+                                    zip(jax.tree.leaves(p1.targets), jax.tree.leaves(p0.targets)))
   # Against XLA's convolutions, untiled: the gradient, and the ReLUs switched
-  convs = tuple(n for n in prepared.net.convs if n[4] in "345" and n != "conv3_1")
-  acts = []
-  for alg in ("direct", conv_algorithm):
-    cfg = nstjax.StyleConfig(size=size, conv_algorithm=alg)
-    p = pipeline.prepare(net, CONTENT, STYLE, cfg)
-    acts.append(jax.jit(lambda n, x: vgg.features(n, x, layers=convs, pooling=cfg.pooling))(
-        p.net, p.content))
-    if alg == "direct":
-      f = objective.make_objective(cfg.static_key())
-      g_direct = jax.jit(jax.grad(
-          lambda x: f(x, net=p.net, targets=p.targets, weights=p.weights)))(p.content)
+  pd, _, g_direct = run("direct", None)
   out["untiled_grad_vs_direct"] = largest(g0, g_direct)
+  convs = tuple(n for n in p0.net.convs if n[4] in "345" and n != "conv3_1")
+  features = jax.jit(lambda n, x: vgg.features(n, x, layers=convs, pooling=p0.config.pooling))
+  acts = [features(p.net, p.content) for p in (pd, p0)]
   out["relu_switched_vs_direct"] = {
       name: [[int(y) * 2 ** (int(name[4]) - 1), int(x) * 2 ** (int(name[4]) - 1)]
              for y, x, _ in np.argwhere((np.asarray(acts[0][name]) > 0)
